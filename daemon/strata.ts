@@ -1,0 +1,166 @@
+/**
+ * Wiring: opens the token, the key hierarchy, the database, the block store and the volume, in
+ * dependency order, and closes them in reverse. Also makes a new data directory (`strata init`).
+ *
+ * Data directory layout:
+ *   strata.json      configuration (token module/label, PIN file, block store kind)
+ *   pin              the token user PIN (mode 0600) when Strata made the token
+ *   softhsm2.conf    and token/: the SoftHSM2 token Strata made, if no token was configured
+ *   db/              LevelDB: sublevels meta (encrypted metadata), keys (wrapped NEKs), blk (block index)
+ *   blocks/          append-only block segment files (see fs/store/log-block-store.ts)
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdir, readFile, writeFile, access, readdir, chmod } from 'node:fs/promises'
+import { join } from 'node:path'
+import { ClassicLevel } from 'classic-level'
+import { Pkcs11Token, KeyHierarchy, readPin, DEFAULT_MODULE, type CustodyFaultHook, type TokenFaults } from '../hsm/index.js'
+import { StrataVolume, resumeRotations, type VolumeInit } from '../fs/volume/index.js'
+import { LogBlockStore, LevelBlockStore, LevelKeyRecordStore, type BlockStore, type Db } from '../fs/store/index.js'
+import { VolumeFormatError } from '../fs/errors.js'
+
+export interface StrataConfigFile {
+  format: 1
+  token: {
+    module: string
+    label: string
+    /** Relative to the data dir, or absolute. Absent: the PIN comes from STRATA_PIN. */
+    pinFile?: string
+    /** SoftHSM2 configuration Strata made for its own token (relative to the data dir). */
+    softhsmConf?: string
+  }
+  blockStore: 'log' | 'level'
+}
+
+export interface OpenOptions {
+  dataDir: string
+  /** PIN from the environment (the daemon reads STRATA_PIN once, in its config). */
+  pinEnv?: string
+  nekCacheMs?: number
+  volume?: Omit<VolumeInit, 'dataDir'>
+  /** Test-only hooks. */
+  custodyFaultHook?: CustodyFaultHook
+  tokenFaults?: TokenFaults
+}
+
+export interface Strata {
+  dataDir: string
+  config: StrataConfigFile
+  token: Pkcs11Token
+  keys: KeyHierarchy
+  db: Db
+  blocks: BlockStore
+  vol: StrataVolume
+  close: () => Promise<void>
+}
+
+export const CONFIG_FILE = 'strata.json'
+
+async function exists (p: string): Promise<boolean> {
+  try { await access(p); return true } catch { return false }
+}
+
+export async function readConfig (dataDir: string): Promise<StrataConfigFile> {
+  const file = join(dataDir, CONFIG_FILE)
+  let raw: string
+  try {
+    raw = await readFile(file, 'utf8')
+  } catch {
+    throw new VolumeFormatError(`${dataDir} is not a Strata data directory (no ${CONFIG_FILE}; run "strata init --data ${dataDir}")`)
+  }
+  let cfg: StrataConfigFile
+  try {
+    cfg = JSON.parse(raw) as StrataConfigFile
+  } catch (err) {
+    throw new VolumeFormatError(`${file} is not valid JSON`, { cause: err })
+  }
+  if (cfg.format !== 1 || typeof cfg.token?.label !== 'string' || typeof cfg.token?.module !== 'string') {
+    throw new VolumeFormatError(`${file} is not a Strata configuration of a supported format`)
+  }
+  if (cfg.blockStore !== 'log' && cfg.blockStore !== 'level') throw new VolumeFormatError(`${file}: blockStore must be "log" or "level"`)
+  return cfg
+}
+
+const resolveIn = (dataDir: string, p: string): string => p.startsWith('/') ? p : join(dataDir, p)
+
+function useSoftHsmConf (dataDir: string, cfg: StrataConfigFile): void {
+  // SoftHSM reads SOFTHSM2_CONF when the module is first initialised in this process.
+  if (cfg.token.softhsmConf !== undefined) process.env.SOFTHSM2_CONF = resolveIn(dataDir, cfg.token.softhsmConf)
+}
+
+export interface InitOptions {
+  dataDir: string
+  /** An existing token to use instead of making a SoftHSM2 token in the data dir. */
+  token?: { module?: string, label: string, pinFile?: string }
+  blockSize?: number
+  blockStore?: 'log' | 'level'
+  pinEnv?: string
+}
+
+/** Make a new data directory: a SoftHSM2 token (unless one is given), the TEK, the root namespace. */
+export async function initStrata (options: InitOptions): Promise<Strata> {
+  const dataDir = options.dataDir
+  await mkdir(dataDir, { recursive: true, mode: 0o700 })
+  if (await exists(join(dataDir, CONFIG_FILE))) throw new VolumeFormatError(`${dataDir} already holds a Strata volume`)
+  const leftovers = (await readdir(dataDir)).filter(n => !n.startsWith('.'))
+  if (leftovers.length > 0) throw new VolumeFormatError(`${dataDir} is not empty; choose an empty or new directory`)
+  let token: StrataConfigFile['token']
+  if (options.token !== undefined) {
+    token = { module: options.token.module ?? DEFAULT_MODULE, label: options.token.label, pinFile: options.token.pinFile }
+  } else {
+    const tokenDir = join(dataDir, 'token')
+    await mkdir(tokenDir, { mode: 0o700 })
+    await writeFile(join(dataDir, 'softhsm2.conf'), `directories.tokendir = ${tokenDir}\nobjectstore.backend = file\nlog.level = ERROR\n`, { mode: 0o600 })
+    const pin = randomBytes(24).toString('base64url')
+    await writeFile(join(dataDir, 'pin'), pin + '\n', { mode: 0o600 })
+    await chmod(join(dataDir, 'pin'), 0o600)
+    token = { module: DEFAULT_MODULE, label: `strata-${randomBytes(4).toString('hex')}`, pinFile: 'pin', softhsmConf: 'softhsm2.conf' }
+    process.env.SOFTHSM2_CONF = join(dataDir, 'softhsm2.conf')
+    await Pkcs11Token.initToken({ module: token.module, label: token.label, soPin: randomBytes(24).toString('base64url'), userPin: pin })
+  }
+  const cfg: StrataConfigFile = { format: 1, token, blockStore: options.blockStore ?? 'log' }
+  await writeFile(join(dataDir, CONFIG_FILE), JSON.stringify(cfg, null, 2) + '\n', { mode: 0o600 })
+  return await openStrata({ dataDir, pinEnv: options.pinEnv, volume: { blockSize: options.blockSize } }, true)
+}
+
+/** Open everything for a data directory made by initStrata. */
+export async function openStrata (options: OpenOptions, create = false): Promise<Strata> {
+  const dataDir = options.dataDir
+  const cfg = await readConfig(dataDir)
+  useSoftHsmConf(dataDir, cfg)
+  const pin = await readPin({ pinFile: cfg.token.pinFile === undefined ? undefined : resolveIn(dataDir, cfg.token.pinFile), env: options.pinEnv })
+  const cleanup: Array<() => Promise<void>> = []
+  const closeAll = async (): Promise<void> => {
+    for (const fn of cleanup.reverse()) await fn().catch(() => {})
+    cleanup.length = 0
+  }
+  try {
+    const token = await Pkcs11Token.open({ module: cfg.token.module, label: cfg.token.label, pin, faults: options.tokenFaults })
+    pin.fill(0)
+    cleanup.push(async () => { await token.close() })
+    const db: Db = new ClassicLevel<string, Uint8Array>(join(dataDir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'view' })
+    await db.open()
+    cleanup.push(async () => { await db.close() })
+    const store = new LevelKeyRecordStore(db.sublevel<string, Uint8Array>('keys', { keyEncoding: 'utf8', valueEncoding: 'view' }))
+    const keys = await KeyHierarchy.open({ token, store }, { nekCacheMs: options.nekCacheMs, custodyFaultHook: options.custodyFaultHook })
+    cleanup.push(async () => { await keys.close() })
+    let blocks: BlockStore
+    if (cfg.blockStore === 'level') {
+      blocks = new LevelBlockStore({ data: db.sublevel<string, Uint8Array>('blkdata', { keyEncoding: 'utf8', valueEncoding: 'view' }) })
+    } else {
+      const log = new LogBlockStore({ index: db.sublevel<string, Uint8Array>('blk', { keyEncoding: 'utf8', valueEncoding: 'view' }) }, { dir: join(dataDir, 'blocks') })
+      await log.open()
+      blocks = log
+    }
+    cleanup.push(async () => { await blocks.close() })
+    const components = { db, keys, blocks }
+    const init: VolumeInit = { ...options.volume, dataDir, custodyFaultHook: options.custodyFaultHook }
+    const vol = create ? await StrataVolume.create(components, init) : await StrataVolume.open(components, init)
+    cleanup.push(async () => { await vol.close() })
+    await resumeRotations(vol)
+    return { dataDir, config: cfg, token, keys, db, blocks, vol, close: closeAll }
+  } catch (err) {
+    pin.fill(0)
+    await closeAll()
+    throw err
+  }
+}

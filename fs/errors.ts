@@ -1,0 +1,69 @@
+/**
+ * Typed errors of the volume. Only the FUSE adapter (fs/fuse/errno.ts) turns them into errnos.
+ * Match on `name`/`code`, never on messages. Messages name inodes and block ids, never file
+ * names or contents (those are secret at rest), except where the caller passes a path in.
+ */
+export type PosixCode =
+  'ENOENT' | 'EEXIST' | 'ENOTEMPTY' | 'ENOTDIR' | 'EISDIR' | 'ENAMETOOLONG' | 'EINVAL' |
+  'EBADF' | 'EPERM' | 'EACCES' | 'ENODATA' | 'ERANGE' | 'EXDEV' | 'EMLINK' | 'EFBIG' |
+  'ENOSPC' | 'EIO' | 'EROFS' | 'ELOOP' | 'ENOTSUP'
+
+/** A POSIX-level failure of a volume operation (the errno the FUSE layer answers with). */
+export class FsError extends Error {
+  readonly code: PosixCode
+  constructor (code: PosixCode, message: string, options?: ErrorOptions) {
+    super(`${code}: ${message}`, options)
+    this.name = 'FsError'
+    this.code = code
+  }
+}
+
+/** Stored data failed verification (hash, AEAD tag, format): the volume returns no bytes of it. */
+export class IntegrityError extends Error {
+  readonly code: string
+  constructor (message: string, code: string, options?: ErrorOptions) {
+    super(message, options)
+    this.name = new.target.name
+    this.code = code
+  }
+}
+
+/** A stored block does not hash to its id, or its AEAD tag does not verify. */
+export class BlockCorruptError extends IntegrityError {
+  readonly blockId: string
+  constructor (blockId: string, detail: string, options?: ErrorOptions) {
+    super(`block ${blockId} is corrupt: ${detail}`, 'ERR_BLOCK_CORRUPT', options)
+    this.blockId = blockId
+  }
+}
+
+/** A block named by a manifest is not in the block store. */
+export class BlockMissingError extends IntegrityError {
+  readonly blockId: string
+  constructor (blockId: string, options?: ErrorOptions) {
+    super(`block ${blockId} is missing from the block store`, 'ERR_BLOCK_MISSING', options)
+    this.blockId = blockId
+  }
+}
+
+/** A metadata record failed authentication or decoding. */
+export class RecordCorruptError extends IntegrityError {
+  readonly record: string
+  constructor (record: string, detail: string, options?: ErrorOptions) {
+    super(`metadata record ${record} is corrupt: ${detail}`, 'ERR_RECORD_CORRUPT', options)
+    this.record = record
+  }
+}
+
+/** The data directory is not a Strata volume, or one of an unsupported format. */
+export class VolumeFormatError extends Error {
+  readonly code = 'ERR_VOLUME_FORMAT'
+  constructor (message: string, options?: ErrorOptions) {
+    super(message, options)
+    this.name = 'VolumeFormatError'
+  }
+}
+
+export function fsError (code: PosixCode, message: string): FsError {
+  return new FsError(code, message)
+}

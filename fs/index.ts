@@ -1,0 +1,3 @@
+export * from './volume/index.js'
+export * from './store/index.js'
+export * from './errors.js'

@@ -1,0 +1,5 @@
+export { LogBlockStore } from './log-block-store.js'
+export { LevelBlockStore } from './level-block-store.js'
+export { LevelKeyRecordStore } from './level-key-record-store.js'
+export { syncDb } from './types.js'
+export type { BlockStore, Db, Sublevel } from './types.js'

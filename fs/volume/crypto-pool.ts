@@ -1,0 +1,114 @@
+/**
+ * Runs block sealing and opening on worker threads so that bulk crypto uses every core while the
+ * main thread serves requests. Small blocks are done inline: a worker round trip costs more.
+ */
+import { Worker } from 'node:worker_threads'
+import { availableParallelism } from 'node:os'
+import { sealBlock, openBlock, dedupTag, type OpenResult } from '../crypto/block-crypto.js'
+
+/** Below this plaintext size a block is sealed/opened on the calling thread. */
+const INLINE_LIMIT = 64 * 1024
+
+export interface SealJob {
+  bek: Uint8Array
+  plaintext: Uint8Array
+  padded: number
+  aad: Uint8Array
+  dedupKey: Uint8Array
+}
+
+export interface SealOutput {
+  stored: Buffer
+  id: Buffer
+  tag: Buffer
+}
+
+interface Pending { resolve: (v: any) => void, reject: (e: Error) => void }
+
+interface Slot { worker: Worker, busy: number }
+
+function owned (b: Uint8Array): Uint8Array {
+  // A transferable buffer must own its whole ArrayBuffer (Node's small-buffer pool does not).
+  return (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) ? b : new Uint8Array(b)
+}
+
+export class CryptoPool {
+  private readonly slots: Slot[] = []
+  private readonly pending = new Map<number, Pending>()
+  private nextId = 1
+  private closed = false
+
+  get threads (): number { return this.slots.length }
+
+  constructor (init: { threads?: number } = {}) {
+    const n = Math.max(0, init.threads ?? availableParallelism())
+    for (let i = 0; i < n; i++) {
+      const worker = new Worker(new URL('./crypto-worker.js', import.meta.url))
+      worker.unref()
+      worker.on('message', (msg: { id: number, error?: string } & Record<string, unknown>) => {
+        const p = this.pending.get(msg.id)
+        if (p === undefined) return
+        this.pending.delete(msg.id)
+        const slot = this.slots[i]
+        if (slot !== undefined) slot.busy--
+        if (msg.error !== undefined) p.reject(new Error(msg.error))
+        else p.resolve(msg)
+      })
+      worker.on('error', (err) => {
+        for (const [, p] of this.pending) p.reject(err)
+        this.pending.clear()
+      })
+      this.slots.push({ worker, busy: 0 })
+    }
+  }
+
+  private post<T> (msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<T> {
+    if (this.closed) return Promise.reject(new Error('crypto pool is closed'))
+    let best = this.slots[0] as Slot
+    for (const s of this.slots) if (s.busy < best.busy) best = s
+    best.busy++
+    const id = this.nextId++
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject })
+      best.worker.postMessage({ ...msg, id }, transfer)
+    })
+  }
+
+  /**
+   * Encrypt a block and compute its id and dedup tag. The plaintext buffer may be transferred to
+   * a worker and back: use the returned `plaintext`, not the argument, afterwards.
+   */
+  async seal (job: SealJob): Promise<SealOutput & { plaintext: Uint8Array }> {
+    if (this.slots.length === 0 || job.plaintext.length < INLINE_LIMIT) {
+      const s = sealBlock(job.bek, job.plaintext, job.padded, job.aad)
+      return { ...s, tag: dedupTag(job.dedupKey, job.plaintext), plaintext: job.plaintext }
+    }
+    const plaintext = owned(job.plaintext)
+    const r = await this.post<{ stored: Uint8Array, blockId: Uint8Array, tag: Uint8Array, plaintext: Uint8Array }>(
+      { op: 'seal', bek: job.bek, plaintext, padded: job.padded, aad: job.aad, dedupKey: job.dedupKey },
+      [plaintext.buffer as ArrayBuffer])
+    return { stored: toBuffer(r.stored), id: toBuffer(r.blockId), tag: toBuffer(r.tag), plaintext: r.plaintext }
+  }
+
+  /** Verify hash and tag, then decrypt. The stored buffer is transferred (do not reuse it). */
+  async open (bek: Uint8Array, stored: Uint8Array, aad: Uint8Array, id: Uint8Array): Promise<OpenResult> {
+    if (this.slots.length === 0 || stored.length < INLINE_LIMIT) return openBlock(bek, stored, aad, id)
+    const s = owned(stored)
+    const r = await this.post<{ plaintext?: Uint8Array, problem?: 'hash' | 'tag' | 'format' }>(
+      { op: 'open', bek, stored: s, aad, blockId: id }, [s.buffer as ArrayBuffer])
+    if (r.plaintext !== undefined) return { ok: true, plaintext: toBuffer(r.plaintext) }
+    return { ok: false, problem: r.problem ?? 'format' }
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    await Promise.all(this.slots.map(async s => await s.worker.terminate()))
+    for (const [, p] of this.pending) p.reject(new Error('crypto pool closed'))
+    this.pending.clear()
+  }
+}
+
+function toBuffer (u: Uint8Array): Buffer {
+  return Buffer.from(u.buffer, u.byteOffset, u.byteLength)
+}

@@ -1,0 +1,176 @@
+/**
+ * fsck: verifies every metadata record, every manifest reference, every block (hash, BEK
+ * custody, AEAD tag), every reference count and link count, and every wrapped key's custody,
+ * and reports what is wrong by path. With repair it fixes what can be fixed without data from
+ * elsewhere: reference and link counts, dangling entries, unreferenced blocks and records.
+ */
+import { K, decodeDirent, decodeInode, decodeManifest, decodeBlockKey, encodeBlockKey, type Inode } from './records.js'
+import { MetaStore, type BatchOp } from './meta-store.js'
+import { IntegrityError } from '../errors.js'
+import { ROOT_INO, type FsckProblem, type FsckReport } from './types.js'
+import type { StrataVolume } from './strata-volume.js'
+
+export interface FsckOptions {
+  repair?: boolean
+  /** Decrypt every block (default true); false checks presence and key custody only. */
+  verifyData?: boolean
+}
+
+function describe (err: unknown): { kind: FsckProblem['kind'], detail: string } {
+  const e = err as Error & { code?: string, name?: string }
+  const kind: FsckProblem['kind'] = e.name === 'BlockCorruptError'
+    ? 'block-corrupt'
+    : e.name === 'BlockMissingError'
+      ? 'block-missing'
+      : e.name === 'KeyCustodyError' ? 'key-custody' : 'record-corrupt'
+  return { kind, detail: e.message }
+}
+
+export async function fsck (vol: StrataVolume, options: FsckOptions = {}): Promise<FsckReport> {
+  await vol.sync()
+  return await vol.exclusive(async () => await check(vol, options))
+}
+
+async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckReport> {
+  const meta = vol.meta
+  const problems: FsckProblem[] = []
+  const repairs: BatchOp[] = []
+  let repaired = 0
+  const report = (p: FsckProblem): void => { problems.push(p) }
+
+  for (const p of await vol.keys.verifyKeys()) report({ path: p.key, kind: 'key-custody', detail: p.problem })
+  for (const ns of await vol.keys.namespaces()) {
+    try { await meta.nsKeys(ns) } catch (err) { report({ path: K.namespace(ns), ...describe(err) }) }
+  }
+
+  // Inodes.
+  const inodes = new Map<number, Inode>()
+  for await (const [key, value] of meta.range('i/')) {
+    const ino = parseInt(key.slice(2), 16)
+    try {
+      const { ns, body } = await meta.open(key, value)
+      inodes.set(ino, decodeInode(key, ino, ns, body))
+    } catch (err) { report({ path: key, ...describe(err) }) }
+  }
+
+  // The tree, from the root: paths, link counts, dangling entries.
+  const paths = new Map<number, string>([[ROOT_INO, '/']])
+  const links = new Map<number, number>()
+  const subdirs = new Map<number, number>()
+  const queue = [ROOT_INO]
+  while (queue.length > 0) {
+    const dir = queue.shift() as number
+    for await (const [key, value] of meta.range(K.direntPrefix(dir))) {
+      let d
+      try {
+        d = decodeDirent(key, (await meta.open(key, value)).body)
+      } catch (err) { report({ path: `${paths.get(dir) ?? key}`, ...describe(err) }); continue }
+      const path = (paths.get(dir) === '/' ? '/' : `${paths.get(dir) ?? '?'}/`) + d.name.toString('utf8')
+      const child = inodes.get(d.ino)
+      if (child === undefined) {
+        report({ path, kind: 'dangling-entry', detail: `entry names inode ${d.ino}, which does not exist` })
+        repairs.push({ type: 'del', key })
+        continue
+      }
+      links.set(d.ino, (links.get(d.ino) ?? 0) + 1)
+      if (!paths.has(d.ino)) paths.set(d.ino, path)
+      if (child.type === 'dir') {
+        subdirs.set(dir, (subdirs.get(dir) ?? 0) + 1)
+        queue.push(d.ino)
+      }
+    }
+  }
+  const orphans = new Set<number>()
+  for await (const key of meta.meta.keys({ gte: 'o/', lt: 'o/\xff' })) orphans.add(parseInt(key.slice(2), 16))
+  for (const [ino, inode] of inodes) {
+    const path = paths.get(ino)
+    if (path === undefined) {
+      if (!orphans.has(ino)) report({ path: K.inode(ino), kind: 'orphan-inode', detail: `inode ${ino} has no directory entry` })
+      continue
+    }
+    const want = inode.type === 'dir' ? 2 + (subdirs.get(ino) ?? 0) : (links.get(ino) ?? 0)
+    if (inode.nlink !== want) {
+      report({ path, kind: 'nlink', detail: `link count is ${inode.nlink}, entries say ${want}` })
+      inode.nlink = want
+      repairs.push(await vol.inodeOp(inode))
+    }
+  }
+
+  // Manifests and blocks.
+  const refs = new Map<string, number>() // `${ns}/${id}` -> references counted
+  const verified = new Set<string>()
+  for await (const [key, value] of meta.range('m/')) {
+    const ino = parseInt(key.slice(2, key.indexOf('/', 2)), 16)
+    const path = paths.get(ino) ?? K.inode(ino)
+    let ns: string
+    let entry
+    try {
+      const rec = await meta.open(key, value)
+      ns = rec.ns
+      entry = decodeManifest(key, rec.body)
+    } catch (err) { report({ path, ...describe(err) }); continue }
+    const ref = `${ns}/${entry.id}`
+    refs.set(ref, (refs.get(ref) ?? 0) + 1)
+    if (verified.has(ref)) continue
+    verified.add(ref)
+    try {
+      if (options.verifyData === false) {
+        if (!await vol.blocks.has(Buffer.from(entry.id, 'hex'))) throw Object.assign(new IntegrityError(`block ${entry.id} is missing`, 'ERR_BLOCK_MISSING'), { name: 'BlockMissingError' })
+      } else {
+        await vol.loadBlock(ns, entry.id)
+      }
+    } catch (err) {
+      if (!(err instanceof Error) || !('code' in err)) throw err
+      report({ path, ...describe(err) })
+    }
+  }
+
+  // Block-key records against the references counted.
+  const known = new Set<string>()
+  for await (const [key, value] of meta.range('k/')) {
+    const [, ns, id] = key.split('/')
+    if (ns === undefined || id === undefined) continue
+    known.add(id)
+    let rec
+    try {
+      if (MetaStore.envelopeNamespace(key, value) !== ns) throw new IntegrityError(`${key} is sealed under another namespace`, 'ERR_RECORD_CORRUPT')
+      rec = decodeBlockKey(key, (await meta.open(key, value)).body)
+    } catch (err) { report({ path: key, ...describe(err) }); continue }
+    const counted = refs.get(`${ns}/${id}`) ?? 0
+    if (rec.refs !== counted) {
+      report({ path: key, kind: 'refcount', detail: `block ${id} records ${rec.refs} references, manifests hold ${counted}` })
+      if (counted === 0) {
+        repairs.push({ type: 'del', key }, { type: 'del', key: K.dedup(ns, rec.tag) }, { type: 'put', key: K.gc(ns, id), value: new Uint8Array(0) })
+      } else {
+        rec.refs = counted
+        repairs.push({ type: 'put', key, value: await meta.seal(ns, key, encodeBlockKey(rec)) })
+      }
+    }
+  }
+  for (const ref of refs.keys()) {
+    const [ns, id] = ref.split('/') as [string, string]
+    if (!known.has(id)) report({ path: K.blockKey(ns, id), kind: 'record-corrupt', detail: `block ${id} is referenced but has no block key record` })
+  }
+
+  // Stored blocks nothing names.
+  let blocks = 0
+  const orphanBlocks: Buffer[] = []
+  for await (const id of vol.blocks.ids()) {
+    blocks++
+    const hex = id.toString('hex')
+    if (!known.has(hex)) {
+      report({ path: `block ${hex}`, kind: 'orphan-block', detail: 'stored block is not referenced by any file' })
+      orphanBlocks.push(id)
+    }
+  }
+
+  if (options.repair === true) {
+    await meta.write(repairs, { sync: true })
+    for (const id of orphanBlocks) await vol.blocks.del(id)
+    repaired = repairs.length > 0 || orphanBlocks.length > 0 ? problems.filter(p => ['refcount', 'dangling-entry', 'nlink', 'orphan-block'].includes(p.kind)).length : 0
+  }
+  // Unreferenced blocks are garbage, not damage: a crash between storing a block and committing
+  // the metadata that names it leaves one, and GC removes it.
+  const ok = problems.every(p => p.kind === 'orphan-block')
+  return { ok, problems, inodes: inodes.size, blocks, repaired }
+}

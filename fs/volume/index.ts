@@ -1,0 +1,5 @@
+export { StrataVolume, DEFAULT_BLOCK_SIZE, nowNs } from './strata-volume.js'
+export type { VolumeComponents, VolumeInit } from './strata-volume.js'
+export { fsck } from './fsck.js'
+export { rotateNek, resumeRotations } from './rotation.js'
+export * from './types.js'

@@ -1,0 +1,150 @@
+/**
+ * The encrypted metadata store: every record value is an envelope
+ *   [nsLen:u8][namespace id][sealed record (fs/crypto/record-crypto)]
+ * naming the namespace whose metadata key (NMK) seals it. The NMK is random per namespace,
+ * wrapped by the namespace's NEK (record `n/<ns>`); record, name and dedup keys derive from it.
+ * Every access asks the key service for the namespace's current NEK, so a disabled or destroyed
+ * team stops all reads at once even when derived keys are cached here.
+ */
+import { randomBytes } from 'node:crypto'
+import type { KeyService } from '../../hsm/types.js'
+import { KeyCustodyError } from '../../hsm/errors.js'
+import { keyCheckValue, kcvEqual } from '../../hsm/custody.js'
+import { RecordCorruptError } from '../errors.js'
+import { wrapKey, unwrapKey } from '../crypto/block-crypto.js'
+import { deriveNamespaceKeys, sealRecord, openRecord, type NamespaceKeys } from '../crypto/record-crypto.js'
+import { K, type NamespaceRecord } from './records.js'
+import type { Db, Sublevel } from '../store/types.js'
+
+export type BatchOp = { type: 'put', key: string, value: Uint8Array } | { type: 'del', key: string }
+
+export const nmkAad = (ns: string, v: number): Buffer => Buffer.from(`strata/nmk/v1|${ns}|${v}`)
+
+export class MetaStore {
+  readonly db: Db
+  readonly meta: Sublevel
+  readonly keys: KeyService
+  private readonly derived = new Map<string, NamespaceKeys>()
+
+  constructor (components: { db: Db, keys: KeyService }) {
+    this.db = components.db
+    this.keys = components.keys
+    this.meta = this.db.sublevel<string, Uint8Array>('meta', { keyEncoding: 'utf8', valueEncoding: 'view' })
+  }
+
+  /** Derived keys of a namespace; fails with the key service's error if access is revoked. */
+  async nsKeys (ns: string): Promise<NamespaceKeys> {
+    try {
+      await this.keys.nek(ns)
+    } catch (err) {
+      this.forget()
+      throw err
+    }
+    const cached = this.derived.get(ns)
+    if (cached !== undefined) return cached
+    const rec = await this.namespaceRecord(ns)
+    const nek = await this.keys.nek(ns, rec.v)
+    const nmk = unwrapKey(nek.key, Buffer.from(rec.w, 'base64'), nmkAad(ns, rec.v))
+    if (nmk === undefined) throw new KeyCustodyError(K.namespace(ns), 'wrapped metadata key fails authentication')
+    if (!kcvEqual(keyCheckValue(nmk), Buffer.from(rec.c, 'base64'))) {
+      nmk.fill(0)
+      throw new KeyCustodyError(K.namespace(ns), 'metadata key check value mismatch')
+    }
+    const keys = deriveNamespaceKeys(nmk, ns)
+    nmk.fill(0)
+    this.derived.set(ns, keys)
+    return keys
+  }
+
+  /** Zero and drop every derived key (team disabled, volume closing). */
+  forget (): void {
+    for (const k of this.derived.values()) { k.record.fill(0); k.name.fill(0); k.dedup.fill(0) }
+    this.derived.clear()
+  }
+
+  async namespaceRecord (ns: string): Promise<NamespaceRecord> {
+    const key = K.namespace(ns)
+    const v = await this.meta.get(key)
+    if (v === undefined) throw new RecordCorruptError(key, 'namespace record is missing')
+    try {
+      const o = JSON.parse(Buffer.from(v).toString('utf8')) as NamespaceRecord
+      if (typeof o.v !== 'number' || typeof o.w !== 'string' || typeof o.c !== 'string') throw new Error('fields')
+      return o
+    } catch (err) {
+      throw new RecordCorruptError(key, 'namespace record is malformed', { cause: err })
+    }
+  }
+
+  /**
+   * Make a namespace: a NEK in the key service, and a random NMK wrapped by it. The wrapped NMK
+   * is unwrapped again and checked before it is stored (chain of custody).
+   */
+  async createNamespace (ns: string): Promise<BatchOp> {
+    await this.keys.createNamespace(ns)
+    const v = await this.keys.currentNekVersion(ns)
+    return await this.wrapNmk(ns, v, randomBytes(32))
+  }
+
+  /** A put of `n/<ns>` holding `nmk` wrapped under NEK version v (custody-checked). Zeroes nmk. */
+  async wrapNmk (ns: string, v: number, nmk: Buffer): Promise<BatchOp> {
+    const nek = await this.keys.nek(ns, v)
+    const kcv = keyCheckValue(nmk)
+    const wrapped = wrapKey(nek.key, nmk, nmkAad(ns, v))
+    const again = unwrapKey(nek.key, wrapped, nmkAad(ns, v))
+    nmk.fill(0)
+    if (again === undefined || !kcvEqual(keyCheckValue(again), kcv)) throw new KeyCustodyError(K.namespace(ns), 'metadata key changed between wrap and check')
+    again.fill(0)
+    const rec: NamespaceRecord = { v, w: wrapped.toString('base64'), c: Buffer.from(kcv).toString('base64') }
+    return { type: 'put', key: K.namespace(ns), value: Buffer.from(JSON.stringify(rec)) }
+  }
+
+  /** The plaintext NMK of a namespace (for re-wrapping during NEK rotation). Caller zeroes it. */
+  async unwrapNmk (ns: string): Promise<{ nmk: Buffer, v: number }> {
+    const rec = await this.namespaceRecord(ns)
+    const nek = await this.keys.nek(ns, rec.v)
+    const nmk = unwrapKey(nek.key, Buffer.from(rec.w, 'base64'), nmkAad(ns, rec.v))
+    if (nmk === undefined || !kcvEqual(keyCheckValue(nmk), Buffer.from(rec.c, 'base64'))) throw new KeyCustodyError(K.namespace(ns), 'metadata key fails its check')
+    return { nmk, v: rec.v }
+  }
+
+  async seal (ns: string, key: string, body: Uint8Array): Promise<Buffer> {
+    const keys = await this.nsKeys(ns)
+    const nsb = Buffer.from(ns)
+    return Buffer.concat([Buffer.from([nsb.length]), nsb, sealRecord(keys.record, key, body)])
+  }
+
+  /** Namespace named by an envelope. */
+  static envelopeNamespace (key: string, value: Uint8Array): string {
+    const len = value[0]
+    if (len === undefined || len === 0 || value.length < 1 + len) throw new RecordCorruptError(key, 'envelope is malformed')
+    const ns = Buffer.from(value.buffer, value.byteOffset + 1, len).toString('latin1')
+    if (!/^[0-9a-z-]{1,64}$/.test(ns)) throw new RecordCorruptError(key, 'envelope names no valid namespace')
+    return ns
+  }
+
+  async open (key: string, value: Uint8Array): Promise<{ ns: string, body: Buffer }> {
+    const ns = MetaStore.envelopeNamespace(key, value)
+    const keys = await this.nsKeys(ns)
+    const len = value[0] as number
+    const body = openRecord(keys.record, key, value.subarray(1 + len))
+    if (body === undefined) throw new RecordCorruptError(key, 'record fails authentication')
+    return { ns, body }
+  }
+
+  /** Decrypted body of a record, or undefined if absent. */
+  async get (key: string): Promise<{ ns: string, body: Buffer } | undefined> {
+    const v = await this.meta.get(key)
+    if (v === undefined) return undefined
+    return await this.open(key, v)
+  }
+
+  /** Every [key, envelope] under a prefix, in key order. */
+  async * range (prefix: string): AsyncIterable<[string, Uint8Array]> {
+    yield * this.meta.iterator({ gte: prefix, lt: prefix + '\xff' })
+  }
+
+  async write (ops: BatchOp[], options: { sync?: boolean } = {}): Promise<void> {
+    if (ops.length === 0) return
+    await this.db.batch(ops.map(op => ({ ...op, sublevel: this.meta })), { sync: options.sync === true })
+  }
+}

@@ -1,0 +1,1119 @@
+/**
+ * StrataVolume: POSIX file-system semantics over the encrypted metadata store and block store.
+ *
+ * Writes land in per-file dirty block buffers (so small or unaligned writes never re-encrypt a
+ * block each time) and are sealed — encrypted on the crypto pool, stored, and committed in one
+ * metadata batch — when a block fills, on flush/fsync/release, past a dirty-bytes limit or after
+ * a time limit. Reads see dirty data. Metadata changes run under one mutex; crypto runs outside.
+ */
+import { randomBytes } from 'node:crypto'
+import { statfs as statfsAsync } from 'node:fs/promises'
+import { constants as C } from 'node:fs'
+import type { KeyService, CustodyFaultHook } from '../../hsm/types.js'
+import { KeyCustodyError } from '../../hsm/errors.js'
+import { keyCheckValue, kcvEqual } from '../../hsm/custody.js'
+import { FsError, BlockCorruptError, BlockMissingError, RecordCorruptError, VolumeFormatError } from '../errors.js'
+import { blockAad, paddedLength, wrapKey, unwrapKey } from '../crypto/block-crypto.js'
+import { nameTag, xattrTag } from '../crypto/record-crypto.js'
+import type { BlockStore, Db } from '../store/types.js'
+import { syncDb } from '../store/types.js'
+import { CryptoPool } from './crypto-pool.js'
+import { BlockCache } from './block-cache.js'
+import { Mutex } from './lock.js'
+import { MetaStore, type BatchOp } from './meta-store.js'
+import { RefBatch, bekAad, getBlockKey } from './block-keys.js'
+import { toName, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './names.js'
+import {
+  K, hexIno, decodeInode, encodeInode, decodeDirent, encodeDirent, decodeManifest, encodeManifest,
+  decodeXattr, encodeXattr, type Header, type Inode, type Dirent, type ManifestEntry
+} from './records.js'
+import {
+  ROOT_INO, type Attr, type DirEntry, type CreateOptions, type OpenFlags, type SetAttr, type StatFs,
+  type Volume, type XattrFlags, type FileType, type Caller
+} from './types.js'
+
+export const DEFAULT_BLOCK_SIZE = 1024 * 1024
+const FORMAT = 1
+
+export interface VolumeComponents {
+  db: Db
+  keys: KeyService
+  blocks: BlockStore
+}
+
+export interface VolumeInit {
+  /** Directory whose file system statfs reports (the data dir). */
+  dataDir: string
+  /** Bytes per block (create only; an existing volume keeps its own). Power of two, 64 KiB–4 MiB. */
+  blockSize?: number
+  /** Decrypted block cache, bytes. */
+  cacheBytes?: number
+  /** Dirty bytes held before writers seal the oldest blocks themselves. */
+  dirtyLimit?: number
+  /** A dirty block older than this is sealed in the background. */
+  sealAfterMs?: number
+  /** Blocks sealed at once before writers wait (default 2 per crypto thread + 2). */
+  maxSeals?: number
+  /** Crypto worker threads (0 = seal on the main thread). */
+  cryptoThreads?: number
+  /** Test-only: flips bits between custody steps of block keys. */
+  custodyFaultHook?: CustodyFaultHook
+}
+
+interface DirtyBlock { buf: Buffer, len: number, since: number }
+
+interface FileState {
+  ino: number
+  opens: number
+  dirty: Map<number, DirtyBlock>
+  sealing: Map<number, Promise<void>>
+  /** Manifest entries read or written while the file is loaded (null = hole). */
+  manifest: Map<number, ManifestEntry | null>
+  lock: Mutex
+  /** A background seal failed: reported by the next flush/fsync of the file. */
+  error?: Error
+}
+
+interface Handle { ino: number, write: boolean, append: boolean }
+
+const TYPE_BITS: Record<FileType, number> = {
+  file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, fifo: C.S_IFIFO, socket: C.S_IFSOCK, chardev: C.S_IFCHR, blockdev: C.S_IFBLK
+}
+
+function typeOfMode (mode: number): FileType {
+  switch (mode & C.S_IFMT) {
+    case C.S_IFDIR: return 'dir'
+    case C.S_IFLNK: return 'symlink'
+    case C.S_IFIFO: return 'fifo'
+    case C.S_IFSOCK: return 'socket'
+    case C.S_IFCHR: return 'chardev'
+    case C.S_IFBLK: return 'blockdev'
+    default: return 'file'
+  }
+}
+
+const EPOCH_NS = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint()
+/** Wall-clock time in nanoseconds (monotonic within the process). */
+export const nowNs = (): bigint => EPOCH_NS + process.hrtime.bigint()
+
+export class StrataVolume implements Volume {
+  readonly db: Db
+  readonly keys: KeyService
+  readonly blocks: BlockStore
+  readonly meta: MetaStore
+  readonly blockSize: number
+  readonly rootNamespace: string
+  private readonly init: VolumeInit
+  private readonly pool: CryptoPool
+  private readonly cache: BlockCache
+  private readonly lock = new Mutex()
+  private readonly inodes = new Map<number, Inode>()
+  private readonly files = new Map<number, FileState>()
+  private readonly handles = new Map<number, Handle>()
+  private nextFh = 1
+  private nextIno = 0
+  private dirtyBytes = 0
+  private sealsInFlight = 0
+  private readonly maxSeals: number
+  private readonly sealWaiters: Array<() => void> = []
+  private readonly dirtyLimit: number
+  private readonly sealAfterMs: number
+  private readonly background = new Set<Promise<unknown>>()
+  private timer: NodeJS.Timeout | undefined
+  private gcTimer: NodeJS.Timeout | undefined
+  private closed = false
+
+  private constructor (components: VolumeComponents, init: VolumeInit, header: Header) {
+    this.db = components.db
+    this.keys = components.keys
+    this.blocks = components.blocks
+    this.meta = new MetaStore(components)
+    this.init = init
+    this.blockSize = header.blockSize
+    this.rootNamespace = header.rootNamespace
+    this.pool = new CryptoPool({ threads: init.cryptoThreads })
+    this.cache = new BlockCache(init.cacheBytes ?? 32 * 1024 * 1024)
+    this.dirtyLimit = init.dirtyLimit ?? 64 * 1024 * 1024
+    this.sealAfterMs = init.sealAfterMs ?? 2000
+    this.maxSeals = init.maxSeals ?? 2 * this.pool.threads + 2
+    this.timer = setInterval(() => { this.track(this.sealAged()) }, Math.max(50, Math.min(1000, this.sealAfterMs / 2)))
+    this.timer.unref()
+  }
+
+  /** Create a new volume in an empty database: root namespace, root directory. */
+  static async create (components: VolumeComponents, init: VolumeInit): Promise<StrataVolume> {
+    const meta = components.db.sublevel<string, Uint8Array>('meta', { keyEncoding: 'utf8', valueEncoding: 'view' })
+    if (await meta.get(K.header) !== undefined) throw new VolumeFormatError('a volume already exists in this data directory')
+    const blockSize = init.blockSize ?? DEFAULT_BLOCK_SIZE
+    if (!Number.isInteger(Math.log2(blockSize)) || blockSize < 64 * 1024 || blockSize > 4 * 1024 * 1024) {
+      throw new FsError('EINVAL', `block size ${blockSize} must be a power of two from 64 KiB to 4 MiB`)
+    }
+    const header: Header = { format: FORMAT, blockSize, rootNamespace: randomBytes(8).toString('hex'), created: new Date().toISOString() }
+    const vol = new StrataVolume(components, init, header)
+    const nsOp = await vol.meta.createNamespace(header.rootNamespace)
+    const t = nowNs()
+    const root: Inode = {
+      ino: ROOT_INO, ns: header.rootNamespace, type: 'dir', mode: C.S_IFDIR | 0o755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0,
+      nlink: 2, size: 0, atime: t, mtime: t, ctime: t, rdev: 0, version: 1, parent: ROOT_INO, stored: 0
+    }
+    await vol.meta.write([nsOp], { sync: true })
+    await vol.meta.write([
+      await vol.inodeOp(root),
+      { type: 'put', key: K.nextIno, value: Buffer.from(String(ROOT_INO + 1)) },
+      { type: 'put', key: K.header, value: Buffer.from(JSON.stringify(header)) }
+    ], { sync: true })
+    vol.nextIno = ROOT_INO + 1
+    return vol
+  }
+
+  /** Open an existing volume; finishes the purge of files that were unlinked while open. */
+  static async open (components: VolumeComponents, init: VolumeInit): Promise<StrataVolume> {
+    const meta = components.db.sublevel<string, Uint8Array>('meta', { keyEncoding: 'utf8', valueEncoding: 'view' })
+    const raw = await meta.get(K.header)
+    if (raw === undefined) throw new VolumeFormatError('this data directory holds no Strata volume (run "strata init")')
+    let header: Header
+    try {
+      header = JSON.parse(Buffer.from(raw).toString('utf8')) as Header
+    } catch (err) {
+      throw new VolumeFormatError('the volume header is unreadable', { cause: err })
+    }
+    if (header.format !== FORMAT) throw new VolumeFormatError(`volume format ${String(header.format)} is not supported (this build reads format ${FORMAT})`)
+    const vol = new StrataVolume(components, init, header)
+    const next = await meta.get(K.nextIno)
+    vol.nextIno = next === undefined ? ROOT_INO + 1 : Number(Buffer.from(next).toString())
+    await vol.purgeOrphans()
+    return vol
+  }
+
+  // ---- helpers -------------------------------------------------------------------------
+
+  private track (p: Promise<unknown>): void {
+    const q = p.catch(() => {}).finally(() => this.background.delete(q))
+    this.background.add(q)
+  }
+
+  private assertOpen (): void {
+    if (this.closed) throw new FsError('EIO', 'the volume is closed')
+  }
+
+  async inodeOp (inode: Inode): Promise<BatchOp> {
+    const key = K.inode(inode.ino)
+    return { type: 'put', key, value: await this.meta.seal(inode.ns, key, encodeInode(inode)) }
+  }
+
+  /** The inode, from memory or the store; every call checks the namespace's key access. */
+  async getInode (ino: number): Promise<Inode> {
+    this.assertOpen()
+    const cached = this.inodes.get(ino)
+    if (cached !== undefined) {
+      await this.meta.nsKeys(cached.ns)
+      return cached
+    }
+    const key = K.inode(ino)
+    const rec = await this.meta.get(key)
+    if (rec === undefined) throw new FsError('ENOENT', `no inode ${ino}`)
+    const inode = decodeInode(key, ino, rec.ns, rec.body)
+    if (this.inodes.size > 50_000) this.evictInodes()
+    this.inodes.set(ino, inode)
+    return inode
+  }
+
+  private evictInodes (): void {
+    for (const ino of this.inodes.keys()) {
+      if (this.inodes.size <= 25_000) break
+      if (!this.files.has(ino)) this.inodes.delete(ino)
+    }
+  }
+
+  private async dirInode (ino: number): Promise<Inode> {
+    const inode = await this.getInode(ino)
+    if (inode.type !== 'dir') throw new FsError('ENOTDIR', `inode ${ino} is not a directory`)
+    return inode
+  }
+
+  private async direntKey (dir: Inode, name: Buffer): Promise<string> {
+    const keys = await this.meta.nsKeys(dir.ns)
+    return K.dirent(dir.ino, nameTag(keys.name, dir.ino, name))
+  }
+
+  private async getDirent (dir: Inode, name: Buffer): Promise<Dirent | undefined> {
+    const key = await this.direntKey(dir, name)
+    const rec = await this.meta.get(key)
+    if (rec === undefined) return undefined
+    const d = decodeDirent(key, rec.body)
+    if (!d.name.equals(name)) throw new RecordCorruptError(key, 'entry name does not match its key')
+    return d
+  }
+
+  private async direntOp (dir: Inode, d: Dirent): Promise<BatchOp> {
+    const key = await this.direntKey(dir, d.name)
+    return { type: 'put', key, value: await this.meta.seal(dir.ns, key, encodeDirent(d)) }
+  }
+
+  private allocIno (): { ino: number, op: BatchOp } {
+    const ino = this.nextIno++
+    return { ino, op: { type: 'put', key: K.nextIno, value: Buffer.from(String(this.nextIno)) } }
+  }
+
+  attr (inode: Inode): Attr {
+    const st = this.files.get(inode.ino)
+    let stored = inode.stored
+    if (st !== undefined) for (const d of st.dirty.values()) stored += d.buf.length
+    return {
+      ino: inode.ino, type: inode.type, mode: inode.mode, nlink: inode.nlink, uid: inode.uid, gid: inode.gid,
+      size: inode.size, blocks: Math.ceil(stored / 512), atime: inode.atime, mtime: inode.mtime, ctime: inode.ctime,
+      rdev: inode.rdev, version: inode.version, namespace: inode.ns
+    }
+  }
+
+  private touch (inode: Inode, what: { m?: boolean, c?: boolean }): void {
+    const t = nowNs()
+    if (what.m === true) inode.mtime = t
+    if (what.c !== false) inode.ctime = t
+    inode.version++
+  }
+
+  private async isEmptyDir (ino: number): Promise<boolean> {
+    for await (const _ of this.meta.meta.keys({ gte: K.direntPrefix(ino), lt: K.direntPrefix(ino) + '\xff', limit: 1 })) return false
+    return true
+  }
+
+  // ---- namespace operations ------------------------------------------------------------
+
+  async lookup (parent: number, name: Uint8Array | string): Promise<Attr> {
+    const n = toName(name)
+    const dir = await this.dirInode(parent)
+    const d = await this.getDirent(dir, n)
+    if (d === undefined) throw new FsError('ENOENT', `no entry in directory ${parent}`)
+    return this.attr(await this.getInode(d.ino))
+  }
+
+  async getattr (ino: number): Promise<Attr> {
+    return this.attr(await this.getInode(ino))
+  }
+
+  /** Walk an absolute path ("/a/b") from the root. */
+  async resolve (path: string): Promise<Attr> {
+    let attr = await this.getattr(ROOT_INO)
+    for (const part of path.split('/').filter(p => p !== '' && p !== '.')) {
+      if (part === '..') {
+        attr = await this.getattr((await this.getInode(attr.ino)).parent)
+        continue
+      }
+      attr = await this.lookup(attr.ino, part)
+    }
+    return attr
+  }
+
+  async readdir (ino: number): Promise<DirEntry[]> {
+    await this.dirInode(ino)
+    const out: DirEntry[] = []
+    for await (const [key, value] of this.meta.range(K.direntPrefix(ino))) {
+      const { body } = await this.meta.open(key, value)
+      const d = decodeDirent(key, body)
+      out.push({ name: d.name, ino: d.ino, type: d.type })
+    }
+    return out
+  }
+
+  private newInode (ino: number, ns: string, type: FileType, mode: number, caller: Caller, parent: number): Inode {
+    const t = nowNs()
+    return {
+      ino, ns, type, mode: TYPE_BITS[type] | (mode & 0o7777), uid: caller.uid ?? process.getuid?.() ?? 0, gid: caller.gid ?? process.getgid?.() ?? 0,
+      nlink: type === 'dir' ? 2 : 1, size: 0, atime: t, mtime: t, ctime: t, rdev: 0, version: 1, parent, stored: 0
+    }
+  }
+
+  /** Create a directory entry and its new inode in one batch. */
+  private async makeEntry (parent: number, name: Uint8Array | string, type: FileType, mode: number, caller: Caller,
+    extra: (inode: Inode) => void = () => {}, namespace?: string): Promise<Inode> {
+    const n = toName(name)
+    return await this.lock.run(async () => {
+      const dir = await this.dirInode(parent)
+      if (await this.getDirent(dir, n) !== undefined) throw new FsError('EEXIST', `entry exists in directory ${parent}`)
+      const ops: BatchOp[] = []
+      let ns = dir.ns
+      if (namespace !== undefined) {
+        ns = namespace
+        ops.push(await this.meta.createNamespace(ns))
+      }
+      const { ino, op } = this.allocIno()
+      ops.push(op)
+      const inode = this.newInode(ino, ns, type, mode, caller, parent)
+      extra(inode)
+      if (type === 'dir') dir.nlink++
+      this.touch(dir, { m: true })
+      if (namespace !== undefined) await this.meta.write([ops.pop() as BatchOp, ops.shift() as BatchOp], { sync: true })
+      ops.push(await this.inodeOp(inode), await this.direntOp(dir, { name: n, ino, type }), await this.inodeOp(dir))
+      await this.meta.write(ops)
+      this.inodes.set(ino, inode)
+      return inode
+    })
+  }
+
+  async mkdir (parent: number, name: Uint8Array | string, options: CreateOptions = {}): Promise<Attr> {
+    return this.attr(await this.makeEntry(parent, name, 'dir', options.mode ?? 0o755, options))
+  }
+
+  /** A directory whose subtree is protected by a namespace key of its own. */
+  async createNamespace (parent: number, name: string, options: CreateOptions = {}): Promise<Attr> {
+    const ns = randomBytes(8).toString('hex')
+    return this.attr(await this.makeEntry(parent, name, 'dir', options.mode ?? 0o755, options, () => {}, ns))
+  }
+
+  async mknod (parent: number, name: Uint8Array | string, options: CreateOptions & { mode: number }): Promise<Attr> {
+    const type = typeOfMode(options.mode)
+    if (type === 'dir' || type === 'symlink') throw new FsError('EINVAL', 'mknod cannot make directories or symlinks')
+    return this.attr(await this.makeEntry(parent, name, type, options.mode, options, i => { i.rdev = options.rdev ?? 0 }))
+  }
+
+  async create (parent: number, name: Uint8Array | string, options: CreateOptions & OpenFlags = {}): Promise<{ attr: Attr, fh: number }> {
+    const inode = await this.makeEntry(parent, name, 'file', options.mode ?? 0o644, options)
+    const fh = await this.open(inode.ino, { write: true, append: options.append })
+    return { attr: this.attr(inode), fh }
+  }
+
+  async symlink (parent: number, name: Uint8Array | string, target: Uint8Array | string, caller: Caller = {}): Promise<Attr> {
+    const t = typeof target === 'string' ? Buffer.from(target) : Buffer.from(target)
+    if (t.length === 0 || t.length > 4095) throw new FsError(t.length === 0 ? 'ENOENT' : 'ENAMETOOLONG', 'symlink target length out of range')
+    return this.attr(await this.makeEntry(parent, name, 'symlink', 0o777, caller, i => { i.target = t; i.size = t.length }))
+  }
+
+  async readlink (ino: number): Promise<Buffer> {
+    const inode = await this.getInode(ino)
+    if (inode.type !== 'symlink' || inode.target === undefined) throw new FsError('EINVAL', `inode ${ino} is not a symlink`)
+    return Buffer.from(inode.target)
+  }
+
+  async rmdir (parent: number, name: Uint8Array | string): Promise<void> {
+    const n = toName(name)
+    await this.lock.run(async () => {
+      const dir = await this.dirInode(parent)
+      const d = await this.getDirent(dir, n)
+      if (d === undefined) throw new FsError('ENOENT', `no entry in directory ${parent}`)
+      const inode = await this.getInode(d.ino)
+      if (inode.type !== 'dir') throw new FsError('ENOTDIR', `inode ${d.ino} is not a directory`)
+      if (!await this.isEmptyDir(d.ino)) throw new FsError('ENOTEMPTY', `directory ${d.ino} is not empty`)
+      dir.nlink--
+      this.touch(dir, { m: true })
+      const ops: BatchOp[] = [{ type: 'del', key: await this.direntKey(dir, n) }, await this.inodeOp(dir)]
+      ops.push(...await this.purgeOps(inode, new RefBatch(this.meta, inode.ns)))
+      await this.meta.write(ops)
+    })
+  }
+
+  async unlink (parent: number, name: Uint8Array | string): Promise<void> {
+    const n = toName(name)
+    let freed = false
+    await this.lock.run(async () => {
+      const dir = await this.dirInode(parent)
+      const d = await this.getDirent(dir, n)
+      if (d === undefined) throw new FsError('ENOENT', `no entry in directory ${parent}`)
+      const inode = await this.getInode(d.ino)
+      if (inode.type === 'dir') throw new FsError('EISDIR', `inode ${d.ino} is a directory`)
+      this.touch(dir, { m: true })
+      const ops: BatchOp[] = [{ type: 'del', key: await this.direntKey(dir, n) }, await this.inodeOp(dir)]
+      const r = await this.dropLink(inode)
+      ops.push(...r.ops)
+      freed = r.freed
+      await this.meta.write(ops)
+    })
+    if (freed) this.scheduleGc()
+  }
+
+  /** One name of an inode goes away: update nlink; purge it, or mark it orphan while open. */
+  private async dropLink (inode: Inode): Promise<{ ops: BatchOp[], freed: boolean }> {
+    inode.nlink = inode.type === 'dir' ? 0 : inode.nlink - 1
+    this.touch(inode, {})
+    if (inode.nlink > 0) return { ops: [await this.inodeOp(inode)], freed: false }
+    const st = this.files.get(inode.ino)
+    if (st !== undefined && st.opens > 0) {
+      return { ops: [await this.inodeOp(inode), { type: 'put', key: K.orphan(inode.ino), value: new Uint8Array(0) }], freed: false }
+    }
+    const refs = new RefBatch(this.meta, inode.ns)
+    const ops = await this.purgeOps(inode, refs)
+    return { ops, freed: refs.freed.length > 0 }
+  }
+
+  /** Delete an inode with its manifest, xattrs and block references. */
+  private async purgeOps (inode: Inode, refs: RefBatch): Promise<BatchOp[]> {
+    const ops: BatchOp[] = [{ type: 'del', key: K.inode(inode.ino) }, { type: 'del', key: K.orphan(inode.ino) }]
+    for await (const [key, value] of this.meta.range(K.manifestPrefix(inode.ino))) {
+      const { body } = await this.meta.open(key, value)
+      await refs.unref(decodeManifest(key, body).id)
+      ops.push({ type: 'del', key })
+    }
+    for await (const key of this.meta.meta.keys({ gte: K.xattrPrefix(inode.ino), lt: K.xattrPrefix(inode.ino) + '\xff' })) ops.push({ type: 'del', key })
+    ops.push(...await refs.ops())
+    this.inodes.delete(inode.ino)
+    const st = this.files.get(inode.ino)
+    if (st !== undefined) { for (const d of st.dirty.values()) this.dirtyBytes -= d.buf.length; st.dirty.clear() }
+    this.files.delete(inode.ino)
+    return ops
+  }
+
+  private async purgeOrphans (): Promise<void> {
+    const orphans: number[] = []
+    for await (const key of this.meta.meta.keys({ gte: 'o/', lt: 'o/\xff' })) orphans.push(parseInt(key.slice(2), 16))
+    if (orphans.length === 0) return
+    await this.lock.run(async () => {
+      for (const ino of orphans) {
+        const inode = await this.getInode(ino).catch(() => undefined)
+        if (inode === undefined) { await this.meta.write([{ type: 'del', key: K.orphan(ino) }]); continue }
+        await this.meta.write(await this.purgeOps(inode, new RefBatch(this.meta, inode.ns)))
+      }
+    })
+    this.scheduleGc()
+  }
+
+  async rename (parent: number, name: Uint8Array | string, newParent: number, newName: Uint8Array | string,
+    flags: { noReplace?: boolean, exchange?: boolean } = {}): Promise<void> {
+    const n = toName(name)
+    const nn = toName(newName)
+    if (flags.exchange === true) throw new FsError('EINVAL', 'RENAME_EXCHANGE is not supported')
+    let freed = false
+    await this.lock.run(async () => {
+      const sdir = await this.dirInode(parent)
+      const ddir = await this.dirInode(newParent)
+      const d = await this.getDirent(sdir, n)
+      if (d === undefined) throw new FsError('ENOENT', `no entry in directory ${parent}`)
+      const inode = await this.getInode(d.ino)
+      const isNsRoot = inode.type === 'dir' && inode.ns !== sdir.ns
+      if (isNsRoot ? sdir.ns !== ddir.ns : inode.ns !== ddir.ns) throw new FsError('EXDEV', 'rename across namespaces')
+      if (parent === newParent && n.equals(nn)) return
+      const t = await this.getDirent(ddir, nn)
+      if (t !== undefined && flags.noReplace === true) throw new FsError('EEXIST', 'target exists')
+      if (t !== undefined && t.ino === d.ino) return // two names of one inode: POSIX says do nothing
+      const ops: BatchOp[] = []
+      let target: Inode | undefined
+      if (t !== undefined) {
+        target = await this.getInode(t.ino)
+        if (inode.type === 'dir' && target.type !== 'dir') throw new FsError('ENOTDIR', 'cannot replace a non-directory with a directory')
+        if (inode.type !== 'dir' && target.type === 'dir') throw new FsError('EISDIR', 'cannot replace a directory with a non-directory')
+        if (target.type === 'dir' && !await this.isEmptyDir(target.ino)) throw new FsError('ENOTEMPTY', `directory ${target.ino} is not empty`)
+      }
+      if (inode.type === 'dir' && parent !== newParent) {
+        for (let p = ddir.ino; ; p = (await this.getInode(p)).parent) {
+          if (p === inode.ino) throw new FsError('EINVAL', 'cannot move a directory into itself')
+          if (p === ROOT_INO) break
+        }
+      }
+      ops.push({ type: 'del', key: await this.direntKey(sdir, n) })
+      if (target !== undefined) {
+        if (target.type === 'dir') ddir.nlink--
+        const r = await this.dropLink(target)
+        ops.push(...r.ops)
+        freed = r.freed
+      }
+      ops.push(await this.direntOp(ddir, { name: nn, ino: inode.ino, type: inode.type }))
+      if (inode.type === 'dir' && parent !== newParent) {
+        sdir.nlink--
+        ddir.nlink++
+        inode.parent = newParent
+      }
+      this.touch(inode, {})
+      this.touch(sdir, { m: true })
+      if (ddir !== sdir) this.touch(ddir, { m: true })
+      ops.push(await this.inodeOp(inode), await this.inodeOp(sdir))
+      if (ddir !== sdir) ops.push(await this.inodeOp(ddir))
+      await this.meta.write(ops)
+    })
+    if (freed) this.scheduleGc()
+  }
+
+  async link (ino: number, newParent: number, newName: Uint8Array | string): Promise<Attr> {
+    const nn = toName(newName)
+    return await this.lock.run(async () => {
+      const inode = await this.getInode(ino)
+      if (inode.type === 'dir') throw new FsError('EPERM', 'hard links to directories are not allowed')
+      const dir = await this.dirInode(newParent)
+      if (inode.ns !== dir.ns) throw new FsError('EXDEV', 'link across namespaces')
+      if (await this.getDirent(dir, nn) !== undefined) throw new FsError('EEXIST', 'target exists')
+      if (inode.nlink === 0) throw new FsError('ENOENT', `inode ${ino} was unlinked`)
+      inode.nlink++
+      this.touch(inode, {})
+      this.touch(dir, { m: true })
+      await this.meta.write([await this.direntOp(dir, { name: nn, ino, type: inode.type }), await this.inodeOp(inode), await this.inodeOp(dir)])
+      return this.attr(inode)
+    })
+  }
+
+  async setattr (ino: number, attrs: SetAttr): Promise<Attr> {
+    if (attrs.size !== undefined) await this.truncate(ino, attrs.size)
+    const inode = await this.getInode(ino)
+    if (attrs.mode === undefined && attrs.uid === undefined && attrs.gid === undefined && attrs.atime === undefined && attrs.mtime === undefined) return this.attr(inode)
+    return await this.lock.run(async () => {
+      if (attrs.mode !== undefined) inode.mode = (inode.mode & C.S_IFMT) | (attrs.mode & 0o7777)
+      if (attrs.uid !== undefined && attrs.uid !== -1) inode.uid = attrs.uid
+      if (attrs.gid !== undefined && attrs.gid !== -1) inode.gid = attrs.gid
+      const t = nowNs()
+      if (attrs.atime !== undefined) inode.atime = attrs.atime === 'now' ? t : attrs.atime
+      if (attrs.mtime !== undefined) inode.mtime = attrs.mtime === 'now' ? t : attrs.mtime
+      inode.ctime = t
+      inode.version++
+      await this.meta.write([await this.inodeOp(inode)])
+      return this.attr(inode)
+    })
+  }
+
+  async statfs (): Promise<StatFs> {
+    const s = await statfsAsync(this.init.dataDir)
+    const used = this.nextIno - 1
+    return {
+      bsize: this.blockSize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail,
+      files: used + Math.max(0, s.ffree), ffree: Math.max(0, s.ffree), namemax: 255
+    }
+  }
+
+  // ---- extended attributes -------------------------------------------------------------
+
+  private async xattrKey (inode: Inode, name: string): Promise<string> {
+    if (name.length === 0 || Buffer.byteLength(name) > XATTR_NAME_MAX) throw new FsError('ERANGE', 'xattr name length out of range')
+    const keys = await this.meta.nsKeys(inode.ns)
+    return K.xattr(inode.ino, xattrTag(keys.name, inode.ino, name))
+  }
+
+  async setxattr (ino: number, name: string, value: Uint8Array, flags?: XattrFlags): Promise<void> {
+    if (value.length > XATTR_SIZE_MAX) throw new FsError('ERANGE', 'xattr value too large')
+    await this.lock.run(async () => {
+      const inode = await this.getInode(ino)
+      const key = await this.xattrKey(inode, name)
+      const exists = await this.meta.meta.get(key) !== undefined
+      if (flags === 'create' && exists) throw new FsError('EEXIST', 'xattr exists')
+      if (flags === 'replace' && !exists) throw new FsError('ENODATA', 'no such xattr')
+      this.touch(inode, {})
+      await this.meta.write([
+        { type: 'put', key, value: await this.meta.seal(inode.ns, key, encodeXattr({ name, value: Buffer.from(value) })) },
+        await this.inodeOp(inode)
+      ])
+    })
+  }
+
+  async getxattr (ino: number, name: string): Promise<Buffer> {
+    const inode = await this.getInode(ino)
+    const key = await this.xattrKey(inode, name)
+    const rec = await this.meta.get(key)
+    if (rec === undefined) throw new FsError('ENODATA', 'no such xattr')
+    const x = decodeXattr(key, rec.body)
+    if (x.name !== name) throw new RecordCorruptError(key, 'xattr name does not match its key')
+    return x.value
+  }
+
+  async listxattr (ino: number): Promise<string[]> {
+    await this.getInode(ino)
+    const out: string[] = []
+    for await (const [key, value] of this.meta.range(K.xattrPrefix(ino))) {
+      const { body } = await this.meta.open(key, value)
+      out.push(decodeXattr(key, body).name)
+    }
+    return out
+  }
+
+  async removexattr (ino: number, name: string): Promise<void> {
+    await this.lock.run(async () => {
+      const inode = await this.getInode(ino)
+      const key = await this.xattrKey(inode, name)
+      if (await this.meta.meta.get(key) === undefined) throw new FsError('ENODATA', 'no such xattr')
+      this.touch(inode, {})
+      await this.meta.write([{ type: 'del', key }, await this.inodeOp(inode)])
+    })
+  }
+
+  // ---- file contents -------------------------------------------------------------------
+
+  private fileState (ino: number): FileState {
+    let st = this.files.get(ino)
+    if (st === undefined) {
+      st = { ino, opens: 0, dirty: new Map(), sealing: new Map(), manifest: new Map(), lock: new Mutex() }
+      this.files.set(ino, st)
+    }
+    return st
+  }
+
+  async open (ino: number, flags: OpenFlags = {}): Promise<number> {
+    const inode = await this.getInode(ino)
+    if (inode.type === 'dir' && flags.write === true) throw new FsError('EISDIR', `inode ${ino} is a directory`)
+    const st = this.fileState(ino)
+    st.opens++
+    const fh = this.nextFh++
+    this.handles.set(fh, { ino, write: flags.write === true || flags.truncate === true || flags.append === true, append: flags.append === true })
+    if (flags.truncate === true && inode.type === 'file' && inode.size > 0) {
+      try {
+        await this.truncate(ino, 0)
+      } catch (err) {
+        await this.release(fh)
+        throw err
+      }
+    }
+    return fh
+  }
+
+  private handle (fh: number): Handle {
+    const h = this.handles.get(fh)
+    if (h === undefined) throw new FsError('EBADF', `no open file handle ${fh}`)
+    return h
+  }
+
+  private async manifestEntry (inode: Inode, st: FileState | undefined, idx: number): Promise<ManifestEntry | undefined> {
+    const cached = st?.manifest.get(idx)
+    if (cached !== undefined) return cached ?? undefined
+    const key = K.manifest(inode.ino, idx)
+    const rec = await this.meta.get(key)
+    const entry = rec === undefined ? undefined : decodeManifest(key, rec.body)
+    st?.manifest.set(idx, entry ?? null)
+    return entry
+  }
+
+  /** Decrypted, verified plaintext of a block (padded; the manifest's len says how much is data). */
+  async blockPlaintext (ns: string, id: string): Promise<Buffer> {
+    return await this.cache.load(id, async () => await this.loadBlock(ns, id))
+  }
+
+  /** Fetch, verify (hash, BEK custody, AEAD tag) and decrypt a block, bypassing the cache. */
+  async loadBlock (ns: string, id: string): Promise<Buffer> {
+    {
+      const bk = await getBlockKey(this.meta, ns, id)
+      if (bk === undefined) throw new RecordCorruptError(K.blockKey(ns, id), 'block key record is missing')
+      const nek = await this.keys.nek(ns, bk.v)
+      const bek = unwrapKey(nek.key, Buffer.from(bk.w, 'base64'), bekAad(ns, bk.v, id))
+      if (bek === undefined) throw new KeyCustodyError(K.blockKey(ns, id), 'wrapped block key fails authentication')
+      if (!kcvEqual(keyCheckValue(bek), Buffer.from(bk.c, 'base64'))) { bek.fill(0); throw new KeyCustodyError(K.blockKey(ns, id), 'block key check value mismatch') }
+      const idBuf = Buffer.from(id, 'hex')
+      const stored = await this.blocks.get(idBuf, { verify: false })
+      if (stored === undefined) { bek.fill(0); throw new BlockMissingError(id) }
+      const r = await this.pool.open(bek, stored, blockAad(ns), idBuf)
+      bek.fill(0)
+      if (!r.ok) throw new BlockCorruptError(id, r.problem === 'hash' ? 'stored bytes do not hash to the block id' : r.problem === 'tag' ? 'authentication tag does not verify' : 'stored format is invalid')
+      return r.plaintext
+    }
+  }
+
+  async read (fh: number, offset: number, length: number): Promise<Buffer> {
+    const h = this.handle(fh)
+    const inode = await this.getInode(h.ino)
+    if (inode.type === 'dir') throw new FsError('EISDIR', `inode ${h.ino} is a directory`)
+    if (offset < 0 || length < 0) throw new FsError('EINVAL', 'negative offset or length')
+    const st = this.files.get(h.ino)
+    const end = Math.min(inode.size, offset + length)
+    if (end <= offset) return Buffer.alloc(0)
+    const out = Buffer.alloc(end - offset)
+    const bs = this.blockSize
+    const first = Math.floor(offset / bs)
+    const last = Math.floor((end - 1) / bs)
+    const parts: Array<Promise<void>> = []
+    for (let b = first; b <= last; b++) {
+      const bStart = b * bs
+      const from = Math.max(offset, bStart) - bStart
+      const to = Math.min(end, bStart + bs) - bStart
+      parts.push(this.readBlockInto(inode, st, b, from, to, out, bStart + from - offset))
+    }
+    await Promise.all(parts)
+    // Read ahead when a read ends in the second half of a block that the file continues past.
+    if (end < inode.size && (end % bs) > bs / 2 && st !== undefined) {
+      for (const b of [last + 1, last + 2]) {
+        if (b * bs >= inode.size) break
+        this.track(this.prefetch(inode, st, b))
+      }
+    }
+    return out
+  }
+
+  private async prefetch (inode: Inode, st: FileState, b: number): Promise<void> {
+    if (st.dirty.has(b) || st.sealing.has(b)) return
+    const entry = await this.manifestEntry(inode, st, b)
+    if (entry !== undefined) await this.blockPlaintext(inode.ns, entry.id)
+  }
+
+  private async readBlockInto (inode: Inode, st: FileState | undefined, b: number, from: number, to: number, out: Buffer, at: number): Promise<void> {
+    for (;;) {
+      const d = st?.dirty.get(b)
+      if (d !== undefined) {
+        if (from < d.len) d.buf.copy(out, at, from, Math.min(to, d.len))
+        return
+      }
+      const sealing = st?.sealing.get(b)
+      if (sealing === undefined) break
+      await sealing.catch(() => {})
+    }
+    const entry = await this.manifestEntry(inode, st, b)
+    if (entry === undefined || from >= entry.len) return // a hole, or past the block's data: zeros
+    const plain = await this.blockPlaintext(inode.ns, entry.id)
+    plain.copy(out, at, from, Math.min(to, entry.len))
+  }
+
+  async write (fh: number, offset: number, data: Uint8Array): Promise<number> {
+    const h = this.handle(fh)
+    if (!h.write) throw new FsError('EBADF', `file handle ${fh} is not open for writing`)
+    const inode = await this.getInode(h.ino)
+    if (inode.type !== 'file') throw new FsError('EISDIR', `inode ${h.ino} is not a regular file`)
+    if (offset < 0 || !Number.isSafeInteger(offset + data.length)) throw new FsError('EFBIG', 'offset out of range')
+    const st = this.fileState(h.ino)
+    const src = Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+    await st.lock.run(async () => {
+      const off = h.append ? inode.size : offset
+      const bs = this.blockSize
+      let pos = 0
+      while (pos < src.length) {
+        const b = Math.floor((off + pos) / bs)
+        const inBlock = (off + pos) - b * bs
+        const n = Math.min(src.length - pos, bs - inBlock)
+        await this.writeBlock(inode, st, b, inBlock, src.subarray(pos, pos + n))
+        pos += n
+      }
+      if (off + src.length > inode.size) inode.size = off + src.length
+      const t = nowNs()
+      inode.mtime = t; inode.ctime = t; inode.version++
+    })
+    if (this.dirtyBytes > this.dirtyLimit) await this.sealOldest()
+    if (this.sealsInFlight >= this.maxSeals) await this.sealBackpressure()
+    return data.length
+  }
+
+  private async writeBlock (inode: Inode, st: FileState, b: number, start: number, src: Buffer): Promise<void> {
+    const bs = this.blockSize
+    const end = start + src.length
+    for (let s = st.sealing.get(b); s !== undefined; s = st.sealing.get(b)) await s.catch(() => {})
+    let d = st.dirty.get(b)
+    if (d === undefined) {
+      const entry = await this.manifestEntry(inode, st, b)
+      const keep = entry === undefined ? 0 : Math.min(entry.len, Math.max(0, inode.size - b * bs))
+      const covers = start === 0 && end >= keep
+      d = { buf: Buffer.alloc(capacity(Math.max(end, covers ? 0 : keep), bs)), len: 0, since: Date.now() }
+      if (entry !== undefined && keep > 0 && !covers) {
+        const plain = await this.blockPlaintext(inode.ns, entry.id)
+        plain.copy(d.buf, 0, 0, keep)
+        d.len = keep
+      }
+      st.dirty.set(b, d)
+      this.dirtyBytes += d.buf.length
+    }
+    if (end > d.buf.length) {
+      const grown = Buffer.alloc(capacity(end, bs))
+      d.buf.copy(grown, 0, 0, d.len)
+      this.dirtyBytes += grown.length - d.buf.length
+      d.buf = grown
+    }
+    if (start > d.len) d.buf.fill(0, d.len, start)
+    src.copy(d.buf, start)
+    if (end > d.len) d.len = end
+    if (d.len === bs) this.sealInBackground(inode, st, b)
+  }
+
+  private sealInBackground (inode: Inode, st: FileState, b: number): void {
+    const p = this.sealBlock(inode, st, b)
+    if (p !== undefined) this.track(p)
+  }
+
+  /** Writers wait here while too many blocks are being sealed (bounds memory held by seals). */
+  private async sealBackpressure (): Promise<void> {
+    while (this.sealsInFlight >= this.maxSeals) {
+      await new Promise<void>(resolve => { this.sealWaiters.push(resolve) })
+    }
+  }
+
+  /** Start sealing one dirty block; the returned promise settles when it is committed. */
+  private sealBlock (inode: Inode, st: FileState, b: number): Promise<void> | undefined {
+    const d = st.dirty.get(b)
+    if (d === undefined) return st.sealing.get(b)
+    st.dirty.delete(b)
+    this.dirtyBytes -= d.buf.length
+    this.sealsInFlight++
+    const p = this.commitBlock(inode, st, b, d).catch((err: Error) => {
+      // Keep the data: put the block back unless a newer write replaced it, and report later.
+      if (!st.dirty.has(b) && this.files.get(st.ino) === st) {
+        st.dirty.set(b, d)
+        this.dirtyBytes += d.buf.length
+      }
+      st.error = err
+      throw err
+    }).finally(() => {
+      if (st.sealing.get(b) === p) st.sealing.delete(b)
+      this.sealsInFlight--
+      this.sealWaiters.shift()?.()
+    })
+    st.sealing.set(b, p)
+    return p
+  }
+
+  private async commitBlock (inode: Inode, st: FileState, b: number, d: DirtyBlock, noDedup = false): Promise<void> {
+    const ns = inode.ns
+    const keys = await this.meta.nsKeys(ns)
+    const bek = randomBytes(32)
+    const kcv = keyCheckValue(bek)
+    const padded = paddedLength(d.len, this.blockSize)
+    const plain = d.buf.length === d.len ? d.buf : d.buf.subarray(0, d.len)
+    const sealed = await this.pool.seal({ bek, plaintext: plain, padded, aad: blockAad(ns), dedupKey: keys.dedup })
+    // The buffer may have travelled to a worker and back: keep the returned one.
+    const back = Buffer.from(sealed.plaintext.buffer, sealed.plaintext.byteOffset, sealed.plaintext.byteLength)
+    if (plain === d.buf) d.buf = back
+    const tag = sealed.tag.toString('hex')
+    let id = sealed.id.toString('hex')
+    const dup = noDedup ? undefined : await this.meta.meta.get(K.dedup(ns, tag))
+    let wrapped: Buffer | undefined
+    // The NEK is borrowed from the cache, which zeroes it on expiry: use it only synchronously.
+    const nek = await this.keys.nek(ns)
+    const nekVersion = nek.version
+    if (dup === undefined) {
+      this.init.custodyFaultHook?.('generated', K.blockKey(ns, id), bek)
+      wrapped = wrapKey(nek.key, bek, bekAad(ns, nekVersion, id))
+      const again = unwrapKey(nek.key, wrapped, bekAad(ns, nekVersion, id))
+      if (again !== undefined) this.init.custodyFaultHook?.('unwrapped', K.blockKey(ns, id), again)
+      if (again === undefined || !kcvEqual(keyCheckValue(again), kcv)) {
+        bek.fill(0)
+        throw new KeyCustodyError(K.blockKey(ns, id), 'block key changed between wrap and check; nothing stored')
+      }
+      again.fill(0)
+      await this.blocks.put(sealed.id, sealed.stored, { verified: true })
+    }
+    bek.fill(0)
+    let freed = false
+    let retry = false
+    await this.lock.run(async () => {
+      // A NEK rotation made another version current meanwhile: wrap again under it.
+      if (wrapped !== undefined && await this.keys.currentNekVersion(ns) !== nekVersion) { retry = true; return }
+      const refs = new RefBatch(this.meta, ns)
+      const ops: BatchOp[] = []
+      const dupId = dup === undefined ? undefined : Buffer.from(dup).toString('latin1')
+      if (dupId !== undefined && await refs.ref(dupId)) {
+        id = dupId
+      } else {
+        if (wrapped === undefined) {
+          // The duplicate lost its last reference between the check and now: seal ours after all.
+          retry = true
+          return
+        }
+        refs.add(id, { v: nekVersion, w: wrapped.toString('base64'), c: Buffer.from(kcv).toString('base64'), refs: 1, tag })
+        ops.push({ type: 'put', key: K.dedup(ns, tag), value: Buffer.from(id, 'latin1') })
+      }
+      const old = await this.manifestEntry(inode, st, b)
+      if (old !== undefined) {
+        await refs.unref(old.id)
+        inode.stored -= paddedLength(old.len, this.blockSize)
+      }
+      const entry: ManifestEntry = { id, len: d.len }
+      const mkey = K.manifest(inode.ino, b)
+      inode.stored += padded
+      ops.push({ type: 'put', key: mkey, value: await this.meta.seal(ns, mkey, encodeManifest(entry)) })
+      ops.push(...await refs.ops())
+      if (this.inodes.get(inode.ino) === inode && inode.nlink > 0) ops.push(await this.inodeOp(inode))
+      if (this.files.get(inode.ino) !== st) return // purged while sealing: nothing to commit
+      await this.meta.write(ops)
+      st.manifest.set(b, entry)
+      freed = refs.freed.length > 0
+    })
+    if (retry) return await this.commitBlock(inode, st, b, d, dup !== undefined)
+    this.cache.set(id, d.buf)
+    if (freed) this.scheduleGc()
+  }
+
+  /** Seal every dirty block of a file and wait for all its seals. */
+  private async sealFile (ino: number): Promise<void> {
+    const st = this.files.get(ino)
+    if (st === undefined) return
+    const inode = this.inodes.get(ino) ?? await this.getInode(ino)
+    await st.lock.run(async () => {
+      for (const b of [...st.dirty.keys()]) this.sealBlock(inode, st, b)
+    })
+    const results = await Promise.allSettled([...st.sealing.values()])
+    const failed = results.find(r => r.status === 'rejected')
+    const err = st.error ?? (failed?.status === 'rejected' ? failed.reason as Error : undefined)
+    if (err !== undefined) {
+      st.error = undefined
+      throw err
+    }
+    if (st.dirty.size === 0 && this.inodes.get(ino) === inode && inode.nlink > 0) {
+      await this.lock.run(async () => { await this.meta.write([await this.inodeOp(inode)]) })
+    }
+  }
+
+  private async sealOldest (): Promise<void> {
+    const all: Array<{ st: FileState, b: number, since: number }> = []
+    for (const st of this.files.values()) for (const [b, d] of st.dirty) all.push({ st, b, since: d.since })
+    all.sort((x, y) => x.since - y.since)
+    const waits: Array<Promise<void>> = []
+    let freed = 0
+    for (const { st, b } of all) {
+      if (this.dirtyBytes - freed <= this.dirtyLimit / 2) break
+      const inode = this.inodes.get(st.ino)
+      const d = st.dirty.get(b)
+      if (inode === undefined || d === undefined) continue
+      freed += d.buf.length
+      const p = this.sealBlock(inode, st, b)
+      if (p !== undefined) waits.push(p.catch(() => {}))
+    }
+    await Promise.all(waits)
+  }
+
+  private async sealAged (): Promise<void> {
+    const cutoff = Date.now() - this.sealAfterMs
+    for (const st of this.files.values()) {
+      const inode = this.inodes.get(st.ino)
+      if (inode === undefined) continue
+      for (const [b, d] of st.dirty) if (d.since <= cutoff) this.sealInBackground(inode, st, b)
+    }
+  }
+
+  async flush (fh: number): Promise<void> {
+    const h = this.handle(fh)
+    if (h.write) await this.sealFile(h.ino)
+  }
+
+  async fsync (fh: number, _datasync = false): Promise<void> {
+    const h = this.handle(fh)
+    await this.sealFile(h.ino)
+    await this.blocks.sync()
+    await syncDb(this.db)
+  }
+
+  async release (fh: number): Promise<void> {
+    const h = this.handle(fh)
+    this.handles.delete(fh)
+    const st = this.files.get(h.ino)
+    try {
+      if (h.write) await this.sealFile(h.ino)
+    } finally {
+      if (st !== undefined) {
+        st.opens--
+        if (st.opens <= 0 && st.dirty.size === 0 && st.sealing.size === 0 && this.files.get(h.ino) === st) {
+          this.files.delete(h.ino)
+          const inode = this.inodes.get(h.ino)
+          if (inode !== undefined && inode.nlink === 0) {
+            await this.lock.run(async () => { await this.meta.write(await this.purgeOps(inode, new RefBatch(this.meta, inode.ns))) })
+            this.scheduleGc()
+          }
+        }
+      }
+    }
+  }
+
+  async truncate (ino: number, size: number): Promise<Attr> {
+    if (!Number.isSafeInteger(size) || size < 0) throw new FsError('EINVAL', 'size out of range')
+    const inode = await this.getInode(ino)
+    if (inode.type === 'dir') throw new FsError('EISDIR', `inode ${ino} is a directory`)
+    if (inode.type !== 'file') throw new FsError('EINVAL', `inode ${ino} is not a regular file`)
+    const st = this.fileState(ino)
+    let freed = false
+    try {
+      await st.lock.run(async () => {
+        await Promise.allSettled([...st.sealing.values()])
+        const bs = this.blockSize
+        const keepBlocks = Math.ceil(size / bs)
+        const ops: BatchOp[] = []
+        const refs = new RefBatch(this.meta, inode.ns)
+        if (size < inode.size) {
+          for (const [b, d] of st.dirty) {
+            if (b >= keepBlocks) { st.dirty.delete(b); this.dirtyBytes -= d.buf.length } else if (b === keepBlocks - 1 && d.len > size - b * bs) { d.len = size - b * bs; d.buf.fill(0, d.len) }
+          }
+          await this.lock.run(async () => {
+            for await (const [key, value] of this.meta.range(K.manifestPrefix(ino))) {
+              const idx = parseInt(key.slice(key.lastIndexOf('/') + 1), 16)
+              const { body } = await this.meta.open(key, value)
+              const e = decodeManifest(key, body)
+              if (idx >= keepBlocks) {
+                await refs.unref(e.id)
+                inode.stored -= paddedLength(e.len, bs)
+                ops.push({ type: 'del', key })
+                st.manifest.set(idx, null)
+              } else if (idx === keepBlocks - 1 && e.len > size - idx * bs) {
+                const shorter = { id: e.id, len: size - idx * bs }
+                ops.push({ type: 'put', key, value: await this.meta.seal(inode.ns, key, encodeManifest(shorter)) })
+                st.manifest.set(idx, shorter)
+              }
+            }
+            inode.size = size
+            this.touch(inode, { m: true })
+            ops.push(...await refs.ops(), await this.inodeOp(inode))
+            await this.meta.write(ops)
+          })
+          freed = refs.freed.length > 0
+        } else if (size > inode.size) {
+          await this.lock.run(async () => {
+            inode.size = size
+            this.touch(inode, { m: true })
+            await this.meta.write([await this.inodeOp(inode)])
+          })
+        }
+      })
+    } finally {
+      if (st.opens === 0 && st.dirty.size === 0 && st.sealing.size === 0 && this.files.get(ino) === st) this.files.delete(ino)
+    }
+    if (freed) this.scheduleGc()
+    return this.attr(inode)
+  }
+
+  async sync (): Promise<void> {
+    for (const ino of [...this.files.keys()]) await this.sealFile(ino)
+    await this.blocks.sync()
+    await syncDb(this.db)
+  }
+
+  // ---- garbage collection ----------------------------------------------------------------
+
+  private scheduleGc (): void {
+    if (this.gcTimer !== undefined || this.closed) return
+    this.gcTimer = setTimeout(() => {
+      this.gcTimer = undefined
+      this.track(this.gc())
+    }, 1000)
+    this.gcTimer.unref()
+  }
+
+  /** Delete blocks whose last reference went away, then reclaim their space. */
+  async gc (): Promise<{ blocksDeleted: number }> {
+    let blocksDeleted = 0
+    const done: BatchOp[] = []
+    for await (const key of this.meta.meta.keys({ gte: 'g/', lt: 'g/\xff' })) {
+      const [, ns, id] = key.split('/')
+      if (ns === undefined || id === undefined) { done.push({ type: 'del', key }); continue }
+      if (await this.meta.meta.get(K.blockKey(ns, id)) === undefined) {
+        await this.blocks.del(Buffer.from(id, 'hex'))
+        this.cache.delete(id)
+        blocksDeleted++
+      }
+      done.push({ type: 'del', key })
+    }
+    await this.meta.write(done)
+    if (blocksDeleted > 0) await this.blocks.compact()
+    return { blocksDeleted }
+  }
+
+  /** Drop decrypted plaintext and derived keys held in memory (the team was disabled). */
+  forgetSecrets (): void {
+    this.cache.clear()
+    this.meta.forget()
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    try {
+      await this.sync()
+    } finally {
+      this.closed = true
+      if (this.timer !== undefined) clearInterval(this.timer)
+      if (this.gcTimer !== undefined) clearTimeout(this.gcTimer)
+      await Promise.allSettled([...this.background])
+      this.forgetSecrets()
+      await this.pool.close()
+    }
+  }
+
+  /** Internal, for fsck and rotation: the volume's metadata mutex. */
+  async exclusive<T> (fn: () => Promise<T>): Promise<T> {
+    return await this.lock.run(fn)
+  }
+
+  /** Internal, for fsck: every inode number with a record. */
+  async * inodeNumbers (): AsyncIterable<number> {
+    for await (const key of this.meta.meta.keys({ gte: 'i/', lt: 'i/\xff' })) yield parseInt(key.slice(2), 16)
+  }
+
+  /** Internal: hex of an inode number as used in record keys. */
+  static hexIno = hexIno
+}
+
+/** Capacity of a dirty buffer that must hold `n` bytes: a power of two from 64 KiB to the block size. */
+function capacity (n: number, bs: number): number {
+  let c = 64 * 1024
+  while (c < n) c *= 2
+  return Math.min(Math.max(c, n), bs)
+}
