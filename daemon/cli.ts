@@ -14,6 +14,7 @@ const USAGE = `usage: strata <command> [options]
 
 commands:
   init   [--data DIR] [--block-size BYTES]   create a volume (and a SoftHSM2 token for it)
+         [--module SO --token-label L [--pin-file F]]   ... or use an existing PKCS#11 token
   demo   [--data DIR]                        write, read back and verify files through the volume
   status [--data DIR] [--json]               volume, key and block-store figures
   fsck   [--data DIR] [--repair] [--quick]   verify every block, record and key; report by path
@@ -94,7 +95,10 @@ async function main (argv: string[]): Promise<number> {
         json: { type: 'boolean' },
         repair: { type: 'boolean' },
         quick: { type: 'boolean' },
-        'block-size': { type: 'string' }
+        'block-size': { type: 'string' },
+        module: { type: 'string' },
+        'token-label': { type: 'string' },
+        'pin-file': { type: 'string' }
       }
     })
   } catch (err) {
@@ -115,7 +119,13 @@ async function main (argv: string[]): Promise<number> {
         blockSize = Number(values['block-size'])
         if (!Number.isInteger(blockSize)) throw new UsageError(`--block-size must be a whole number of bytes, not "${values['block-size']}"`)
       }
-      const s = await initStrata({ dataDir, blockSize, pinEnv })
+      let token: { module?: string, label: string, pinFile?: string } | undefined
+      if (values['token-label'] !== undefined) {
+        token = { module: values.module, label: values['token-label'], pinFile: values['pin-file'] === undefined ? undefined : resolve(values['pin-file']) }
+      } else if (values.module !== undefined || values['pin-file'] !== undefined) {
+        throw new UsageError('--module and --pin-file go with --token-label (the label of an initialised token)')
+      }
+      const s = await initStrata({ dataDir, blockSize, pinEnv, token })
       console.log(`created a Strata volume in ${dataDir} (token "${s.config.token.label}", block size ${s.vol.blockSize} bytes)`)
       await s.close()
       return EXIT.OK

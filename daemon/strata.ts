@@ -10,7 +10,7 @@
  *   blocks/          append-only block segment files (see fs/store/log-block-store.ts)
  */
 import { randomBytes } from 'node:crypto'
-import { mkdir, readFile, writeFile, access, readdir, chmod } from 'node:fs/promises'
+import { mkdir, readFile, writeFile, access, readdir, chmod, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { Pkcs11Token, KeyHierarchy, readPin, DEFAULT_MODULE, type CustodyFaultHook, type TokenFaults } from '../hsm/index.js'
@@ -99,10 +99,23 @@ export interface InitOptions {
 /** Make a new data directory: a SoftHSM2 token (unless one is given), the TEK, the root namespace. */
 export async function initStrata (options: InitOptions): Promise<Strata> {
   const dataDir = options.dataDir
+  const existed = await exists(dataDir)
   await mkdir(dataDir, { recursive: true, mode: 0o700 })
   if (await exists(join(dataDir, CONFIG_FILE))) throw new VolumeFormatError(`${dataDir} already holds a Strata volume`)
   const leftovers = (await readdir(dataDir)).filter(n => !n.startsWith('.'))
   if (leftovers.length > 0) throw new VolumeFormatError(`${dataDir} is not empty; choose an empty or new directory`)
+  try {
+    return await makeStrata(options)
+  } catch (err) {
+    // Leave nothing half-made behind: the directory was empty (or absent) before.
+    for (const name of await readdir(dataDir).catch(() => [] as string[])) await rm(join(dataDir, name), { recursive: true, force: true })
+    if (!existed) await rm(dataDir, { recursive: true, force: true })
+    throw err
+  }
+}
+
+async function makeStrata (options: InitOptions): Promise<Strata> {
+  const dataDir = options.dataDir
   let token: StrataConfigFile['token']
   if (options.token !== undefined) {
     token = { module: options.token.module ?? DEFAULT_MODULE, label: options.token.label, pinFile: options.token.pinFile }

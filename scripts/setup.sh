@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what is missing on a Debian 12 machine with Node 20, then builds:
-#   Debian packages (softhsm2, libfuse2, fuse), npm dependencies, the TypeScript build.
+#   Debian packages (softhsm2, libfuse2, fuse, libfuse-dev, pkg-config), npm dependencies, the build.
 # Idempotent: a second run changes nothing and takes a second or two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in softhsm2 libfuse2 fuse; do
+for pkg in softhsm2 libfuse2 fuse libfuse-dev pkg-config; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
