@@ -330,8 +330,12 @@ export class KeyHierarchy implements KeyService {
     }
     const record = decodeJson<TekRecord>(ref, bytes)
     if (record.version !== version) throw new KeyCustodyError(ref, `record names TEK version ${record.version}`)
+    if (typeof record.checkValue !== 'string' || !/^(?:[0-9a-f]{2})*$/.test(record.checkValue)) {
+      throw new KeyCustodyError(ref, 'TEK record holds no well-formed check value')
+    }
     const expected = Buffer.from(record.checkValue, 'hex')
-    if (expected.byteLength > 0 && !kcvEqual(expected, obj.checkValue)) {
+    // A token without CKA_CHECK_VALUE reports none, and the record then holds none: both empty.
+    if ((expected.byteLength > 0 || obj.checkValue.byteLength > 0) && !kcvEqual(expected, obj.checkValue)) {
       throw new KeyCustodyError(ref, 'TEK object check value does not match its record')
     }
   }

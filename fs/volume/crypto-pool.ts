@@ -43,7 +43,8 @@ export class CryptoPool {
   constructor (init: { threads?: number } = {}) {
     const n = Math.max(0, init.threads ?? availableParallelism())
     for (let i = 0; i < n; i++) {
-      const worker = new Worker(new URL('./crypto-worker.js', import.meta.url))
+      // No execArgv: a test runner's loaders and flags would slow every worker's start.
+      const worker = new Worker(new URL('./crypto-worker.js', import.meta.url), { execArgv: [] })
       worker.unref()
       worker.on('message', (msg: { id: number, error?: string } & Record<string, unknown>) => {
         const p = this.pending.get(msg.id)

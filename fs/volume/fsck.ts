@@ -4,7 +4,7 @@
  * and reports what is wrong by path. With repair it fixes what can be fixed without data from
  * elsewhere: reference and link counts, dangling entries, unreferenced blocks and records.
  */
-import { K, decodeDirent, decodeInode, decodeManifest, decodeBlockKey, encodeBlockKey, type Inode } from './records.js'
+import { K, decodeDirent, decodeInode, decodeManifest, decodeBlockKey, decodeXattr, encodeBlockKey, type Inode } from './records.js'
 import { MetaStore, type BatchOp } from './meta-store.js'
 import { IntegrityError } from '../errors.js'
 import { ROOT_INO, type FsckProblem, type FsckReport } from './types.js'
@@ -152,13 +152,27 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
     if (!known.has(id)) report({ path: K.blockKey(ns, id), kind: 'record-corrupt', detail: `block ${id} is referenced but has no block key record` })
   }
 
-  // Stored blocks nothing names.
+  // Extended attributes.
+  for await (const [key, value] of meta.range('x/')) {
+    const ino = parseInt(key.slice(2, key.indexOf('/', 2)), 16)
+    try {
+      decodeXattr(key, (await meta.open(key, value)).body)
+    } catch (err) { report({ path: paths.get(ino) ?? K.inode(ino), ...describe(err) }) }
+    if (!inodes.has(ino)) {
+      report({ path: key, kind: 'orphan-inode', detail: `extended attribute of inode ${ino}, which does not exist` })
+      repairs.push({ type: 'del', key })
+    }
+  }
+
+  // Stored blocks nothing names (blocks already queued for the GC are not news).
+  const queued = new Set<string>()
+  for await (const key of meta.meta.keys({ gte: 'g/', lt: 'g/\xff' })) queued.add(key.slice(key.lastIndexOf('/') + 1))
   let blocks = 0
   const orphanBlocks: Buffer[] = []
   for await (const id of vol.blocks.ids()) {
     blocks++
     const hex = id.toString('hex')
-    if (!known.has(hex)) {
+    if (!known.has(hex) && !queued.has(hex)) {
       report({ path: `block ${hex}`, kind: 'orphan-block', detail: 'stored block is not referenced by any file' })
       orphanBlocks.push(id)
     }

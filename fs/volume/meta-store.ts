@@ -124,7 +124,14 @@ export class MetaStore {
 
   async open (key: string, value: Uint8Array): Promise<{ ns: string, body: Buffer }> {
     const ns = MetaStore.envelopeNamespace(key, value)
-    const keys = await this.nsKeys(ns)
+    let keys: NamespaceKeys
+    try {
+      keys = await this.nsKeys(ns)
+    } catch (err) {
+      // A damaged envelope can name a namespace that does not exist.
+      if ((err as Error).name === 'NamespaceKeyNotFoundError') throw new RecordCorruptError(key, 'envelope names an unknown namespace', { cause: err })
+      throw err
+    }
     const len = value[0] as number
     const body = openRecord(keys.record, key, value.subarray(1 + len))
     if (body === undefined) throw new RecordCorruptError(key, 'record fails authentication')

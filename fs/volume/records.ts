@@ -10,6 +10,7 @@ export const hexIdx = (idx: number): string => idx.toString(16).padStart(12, '0'
 
 export const K = {
   header: 'h',
+  headerSealed: 'h/sealed',
   nextIno: 'c/next-ino',
   namespace: (ns: string) => `n/${ns}`,
   inode: (ino: number) => `i/${hexIno(ino)}`,

@@ -33,6 +33,7 @@ import {
 } from './types.js'
 
 export const DEFAULT_BLOCK_SIZE = 1024 * 1024
+const S_ISGID = 0o2000
 const FORMAT = 1
 
 export interface VolumeComponents {
@@ -145,7 +146,7 @@ export class StrataVolume implements Volume {
     const meta = components.db.sublevel<string, Uint8Array>('meta', { keyEncoding: 'utf8', valueEncoding: 'view' })
     if (await meta.get(K.header) !== undefined) throw new VolumeFormatError('a volume already exists in this data directory')
     const blockSize = init.blockSize ?? DEFAULT_BLOCK_SIZE
-    if (!Number.isInteger(Math.log2(blockSize)) || blockSize < 64 * 1024 || blockSize > 4 * 1024 * 1024) {
+    if (!validBlockSize(blockSize)) {
       throw new FsError('EINVAL', `block size ${blockSize} must be a power of two from 64 KiB to 4 MiB`)
     }
     const header: Header = { format: FORMAT, blockSize, rootNamespace: randomBytes(8).toString('hex'), created: new Date().toISOString() }
@@ -157,10 +158,14 @@ export class StrataVolume implements Volume {
       nlink: 2, size: 0, atime: t, mtime: t, ctime: t, rdev: 0, version: 1, parent: ROOT_INO, stored: 0
     }
     await vol.meta.write([nsOp], { sync: true })
+    const headerJson = Buffer.from(JSON.stringify(header))
     await vol.meta.write([
       await vol.inodeOp(root),
-      { type: 'put', key: K.nextIno, value: Buffer.from(String(ROOT_INO + 1)) },
-      { type: 'put', key: K.header, value: Buffer.from(JSON.stringify(header)) }
+      { type: 'put', key: K.nextIno, value: await vol.meta.seal(header.rootNamespace, K.nextIno, Buffer.from(String(ROOT_INO + 1))) },
+      // The header is read before any key is known (it names the root namespace); its sealed
+      // copy authenticates it once the root namespace's keys are available.
+      { type: 'put', key: K.header, value: headerJson },
+      { type: 'put', key: K.headerSealed, value: await vol.meta.seal(header.rootNamespace, K.headerSealed, headerJson) }
     ], { sync: true })
     vol.nextIno = ROOT_INO + 1
     return vol
@@ -178,10 +183,21 @@ export class StrataVolume implements Volume {
       throw new VolumeFormatError('the volume header is unreadable', { cause: err })
     }
     if (header.format !== FORMAT) throw new VolumeFormatError(`volume format ${String(header.format)} is not supported (this build reads format ${FORMAT})`)
+    if (typeof header.rootNamespace !== 'string' || !/^[0-9a-f]{16}$/.test(header.rootNamespace)) throw new RecordCorruptError(K.header, 'header names no valid root namespace')
+    if (!validBlockSize(header.blockSize)) throw new RecordCorruptError(K.header, 'header holds an invalid block size')
     const vol = new StrataVolume(components, init, header)
-    const next = await meta.get(K.nextIno)
-    vol.nextIno = next === undefined ? ROOT_INO + 1 : Number(Buffer.from(next).toString())
-    await vol.purgeOrphans()
+    try {
+      const sealed = await vol.meta.get(K.headerSealed)
+      if (sealed === undefined || !sealed.body.equals(Buffer.from(raw))) throw new RecordCorruptError(K.header, 'header does not match its authenticated copy')
+      const next = await vol.meta.get(K.nextIno)
+      const n = next === undefined ? NaN : Number(next.body.toString('latin1'))
+      if (!Number.isSafeInteger(n) || n <= ROOT_INO) throw new RecordCorruptError(K.nextIno, 'inode counter is missing or malformed')
+      vol.nextIno = n
+      await vol.purgeOrphans()
+    } catch (err) {
+      await vol.close().catch(() => {})
+      throw err
+    }
     return vol
   }
 
@@ -250,9 +266,9 @@ export class StrataVolume implements Volume {
     return { type: 'put', key, value: await this.meta.seal(dir.ns, key, encodeDirent(d)) }
   }
 
-  private allocIno (): { ino: number, op: BatchOp } {
+  private async allocIno (): Promise<{ ino: number, op: BatchOp }> {
     const ino = this.nextIno++
-    return { ino, op: { type: 'put', key: K.nextIno, value: Buffer.from(String(this.nextIno)) } }
+    return { ino, op: { type: 'put', key: K.nextIno, value: await this.meta.seal(this.rootNamespace, K.nextIno, Buffer.from(String(this.nextIno))) } }
   }
 
   attr (inode: Inode): Attr {
@@ -337,9 +353,14 @@ export class StrataVolume implements Volume {
         ns = namespace
         ops.push(await this.meta.createNamespace(ns))
       }
-      const { ino, op } = this.allocIno()
+      const { ino, op } = await this.allocIno()
       ops.push(op)
       const inode = this.newInode(ino, ns, type, mode, caller, parent)
+      if ((dir.mode & S_ISGID) !== 0) {
+        // A set-group-ID directory gives new entries its group, and new directories its bit.
+        inode.gid = dir.gid
+        if (type === 'dir') inode.mode |= S_ISGID
+      }
       extra(inode)
       if (type === 'dir') dir.nlink++
       this.touch(dir, { m: true })
@@ -764,7 +785,12 @@ export class StrataVolume implements Volume {
       const t = nowNs()
       inode.mtime = t; inode.ctime = t; inode.version++
     })
-    if (this.dirtyBytes > this.dirtyLimit) await this.sealOldest()
+    if (this.dirtyBytes > this.dirtyLimit) {
+      const err = await this.sealOldest()
+      // Sealing fails (disk full, team disabled) and the buffers are full: the writer gets the
+      // error rather than memory growing without bound. What was written stays buffered.
+      if (err !== undefined && this.dirtyBytes > this.dirtyLimit) throw err
+    }
     if (this.sealsInFlight >= this.maxSeals) await this.sealBackpressure()
     return data.length
   }
@@ -873,8 +899,12 @@ export class StrataVolume implements Volume {
       if (wrapped !== undefined && await this.keys.currentNekVersion(ns) !== nekVersion) { retry = true; return }
       const refs = new RefBatch(this.meta, ns)
       const ops: BatchOp[] = []
-      const dupId = dup === undefined ? undefined : Buffer.from(dup).toString('latin1')
-      if (dupId !== undefined && await refs.ref(dupId)) {
+      // Check again under the lock: an identical block sealed concurrently may have won.
+      const dupNow = dup ?? await this.meta.meta.get(K.dedup(ns, tag))
+      const dupId = dupNow === undefined ? undefined : Buffer.from(dupNow).toString('latin1')
+      if (dupId !== undefined && dupId !== id && await refs.ref(dupId)) {
+        // Ours, if stored, is garbage now: nothing will reference it.
+        if (wrapped !== undefined) ops.push({ type: 'put', key: K.gc(ns, id), value: new Uint8Array(0) })
         id = dupId
       } else {
         if (wrapped === undefined) {
@@ -926,7 +956,7 @@ export class StrataVolume implements Volume {
     }
   }
 
-  private async sealOldest (): Promise<void> {
+  private async sealOldest (): Promise<Error | undefined> {
     const all: Array<{ st: FileState, b: number, since: number }> = []
     for (const st of this.files.values()) for (const [b, d] of st.dirty) all.push({ st, b, since: d.since })
     all.sort((x, y) => x.since - y.since)
@@ -939,9 +969,10 @@ export class StrataVolume implements Volume {
       if (inode === undefined || d === undefined) continue
       freed += d.buf.length
       const p = this.sealBlock(inode, st, b)
-      if (p !== undefined) waits.push(p.catch(() => {}))
+      if (p !== undefined) waits.push(p)
     }
-    await Promise.all(waits)
+    const failed = (await Promise.allSettled(waits)).find(r => r.status === 'rejected')
+    return failed?.status === 'rejected' ? failed.reason as Error : undefined
   }
 
   private async sealAged (): Promise<void> {
@@ -1041,6 +1072,11 @@ export class StrataVolume implements Volume {
     return this.attr(inode)
   }
 
+  /** Make every metadata change made so far durable (fsync of a directory). */
+  async syncMetadata (): Promise<void> {
+    await syncDb(this.db)
+  }
+
   async sync (): Promise<void> {
     for (const ino of [...this.files.keys()]) await this.sealFile(ino)
     await this.blocks.sync()
@@ -1109,6 +1145,10 @@ export class StrataVolume implements Volume {
 
   /** Internal: hex of an inode number as used in record keys. */
   static hexIno = hexIno
+}
+
+function validBlockSize (n: unknown): n is number {
+  return typeof n === 'number' && Number.isInteger(n) && Number.isInteger(Math.log2(n)) && n >= 64 * 1024 && n <= 4 * 1024 * 1024
 }
 
 /** Capacity of a dirty buffer that must hold `n` bytes: a power of two from 64 KiB to the block size. */

@@ -1,0 +1,49 @@
+/**
+ * The kernel's mount table, as far as the daemon needs it: is a path a mount point, of which
+ * file system, and is a FUSE mount there stale (its daemon died: the kernel answers ENOTCONN).
+ */
+import { readFile, stat } from 'node:fs/promises'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+
+const run = promisify(execFile)
+
+export interface MountEntry { source: string, target: string, fstype: string, options: string }
+
+/** /proc/self/mounts decodes octal escapes (\040 for space…). */
+function unescape (s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
+}
+
+export async function mountAt (target: string): Promise<MountEntry | undefined> {
+  const text = await readFile('/proc/self/mounts', 'utf8')
+  let found: MountEntry | undefined
+  for (const line of text.split('\n')) {
+    const [source, t, fstype, options] = line.split(' ')
+    if (source === undefined || t === undefined || fstype === undefined) continue
+    if (unescape(t) === target) found = { source: unescape(source), target, fstype, options: options ?? '' }
+  }
+  return found
+}
+
+/** True when a FUSE mount's daemon is gone: stat fails with ENOTCONN (or ECONNABORTED). */
+export async function isStale (target: string): Promise<boolean> {
+  try {
+    await stat(target)
+    return false
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    return code === 'ENOTCONN' || code === 'ECONNABORTED'
+  }
+}
+
+/** Unmount a FUSE mount; lazy detaches even while files are open. */
+export async function fusermountU (target: string, options: { lazy?: boolean } = {}): Promise<void> {
+  try {
+    await run('fusermount', ['-u', ...(options.lazy === true ? ['-z'] : []), target])
+  } catch (err) {
+    const e = err as Error & { stderr?: string }
+    const msg = (e.stderr ?? e.message).trim()
+    throw Object.assign(new Error(`cannot unmount ${target}: ${msg}`), { code: /busy/i.test(msg) ? 'EBUSY' : 'ERR_UNMOUNT' })
+  }
+}
