@@ -6,20 +6,30 @@ import { parseArgs } from 'node:util'
 import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createHash, randomBytes } from 'node:crypto'
+import { spawn } from 'node:child_process'
+import { openSync, closeSync } from 'node:fs'
+import { realpath } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
 import { EXIT } from './exit-codes.js'
-import { initStrata, openStrata, type Strata } from './strata.js'
-import { fsck, rotateNek, ROOT_INO } from '../fs/volume/index.js'
+import { initStrata, openStrata, readConfig, type Strata } from './strata.js'
+import { readDaemonInfo, request } from './control.js'
+import { Daemon, registeredDataDir } from './daemon.js'
+import { mountAt, isStale, fusermountU } from './mounts.js'
+import { fsck, rotateNek, ROOT_INO, type FsckReport } from '../fs/volume/index.js'
 
 const USAGE = `usage: strata <command> [options]
 
 commands:
   init   [--data DIR] [--block-size BYTES]   create a volume (and a SoftHSM2 token for it)
          [--module SO --token-label L [--pin-file F]]   ... or use an existing PKCS#11 token
+  mount MOUNTPOINT [--data DIR] [--foreground]   mount the drive (a background daemon by default)
+  unmount MOUNTPOINT [--lazy]                stop the daemon cleanly (dirty data sealed)
   demo   [--data DIR]                        write, read back and verify files through the volume
   status [--data DIR] [--json]               volume, key and block-store figures
   fsck   [--data DIR] [--repair] [--quick]   verify every block, record and key; report by path
   rotate tek|nek [--data DIR]                rotate the team key or every namespace key
   team   disable|enable|destroy [--data DIR] switch team access off or on, or crypto-shred it
+(status, fsck, rotate and team act on the running daemon when the drive is mounted)
 
 options:
   --data DIR   data directory (default: $XDG_DATA_HOME/strata or ~/.local/share/strata)
@@ -40,6 +50,9 @@ function exitCodeOf (err: Error & { code?: string }): number {
     case 'ERR_HSM_MODULE_NOT_FOUND': case 'ERR_HSM_TOKEN_NOT_FOUND': case 'ERR_HSM_TOKEN': return EXIT.TOKEN
     case 'ERR_TEAM_DISABLED': case 'ERR_TEAM_DESTROYED': return EXIT.TEAM
     case 'ERR_BLOCK_CORRUPT': case 'ERR_BLOCK_MISSING': case 'ERR_RECORD_CORRUPT': case 'ERR_KEY_CUSTODY': return EXIT.INTEGRITY
+    case 'ERR_MOUNTPOINT': case 'ERR_MOUNTPOINT_BUSY': case 'ERR_VOLUME_BUSY': case 'ERR_MOUNT': case 'ERR_FUSE_MISSING': return EXIT.MOUNT
+    case 'ERR_NOT_MOUNTED': return EXIT.NOT_MOUNTED
+    case 'EBUSY': return EXIT.BUSY
     default: return EXIT.FAILURE
   }
 }
@@ -78,6 +91,54 @@ async function demo (s: Strata): Promise<void> {
   if (!ok || !report.ok) throw Object.assign(new Error('demo verification failed'), { code: 'ERR_DEMO' })
 }
 
+const BIN = fileURLToPath(new URL('../../bin/strata.js', import.meta.url))
+
+function progressBar (p: unknown): void {
+  const { label, done, total } = p as { label?: string, done: number, total: number }
+  const w = 30
+  const f = total === 0 ? w : Math.round(w * done / total)
+  process.stderr.write(`\r${label ?? ''} [${'#'.repeat(f)}${'.'.repeat(w - f)}] ${done}/${total}`)
+}
+
+function printFsck (report: FsckReport, repair: boolean): number {
+  for (const p of report.problems) console.log(`${p.kind}\t${p.path}\t${p.detail}`)
+  console.log(`fsck: ${report.ok ? 'clean' : 'PROBLEMS FOUND'}: ${report.inodes} inodes, ${report.blocks} blocks, ${report.problems.length} problem(s)${repair ? `, ${report.repaired} repaired` : ''}`)
+  return report.ok ? EXIT.OK : EXIT.FSCK_PROBLEMS
+}
+
+/** Start the daemon in the background and return once its mount is ready. */
+async function mountBackground (dataDir: string, mountpoint: string): Promise<number> {
+  await readConfig(dataDir) // a clear error now rather than in the daemon's log
+  const logFile = `${dataDir}/strata.log`
+  const fd = openSync(logFile, 'a', 0o600)
+  const child = spawn(process.execPath, [BIN, 'mount', mountpoint, '--foreground', '--data', dataDir], {
+    detached: true, stdio: ['ignore', fd, fd, 'ipc'], env: process.env
+  })
+  closeSync(fd)
+  const result = await new Promise<{ ready?: { mountpoint: string, pid: number }, error?: { message: string, code?: string } }>(resolve => {
+    const timer = setTimeout(() => { resolve({ error: { message: `the daemon did not report ready within 120 s (see ${logFile})` } }) }, 120_000)
+    child.once('message', (m: { ready?: { mountpoint: string, pid: number }, error?: { message: string, code?: string } }) => { clearTimeout(timer); resolve(m) })
+    child.once('exit', code => { clearTimeout(timer); resolve({ error: { message: `the daemon exited with code ${String(code)} before the mount was ready (see ${logFile})` } }) })
+  })
+  child.removeAllListeners('exit')
+  if (child.connected) child.disconnect()
+  child.unref()
+  if (result.error !== undefined) throw Object.assign(new Error(result.error.message), { code: result.error.code })
+  const r = result.ready as { mountpoint: string, pid: number }
+  console.log(`Strata drive mounted at ${r.mountpoint} (daemon pid ${r.pid}, log ${logFile}).`)
+  console.log(`Stop it with: node ${BIN} unmount ${r.mountpoint}`)
+  return EXIT.OK
+}
+
+async function waitForExit (pid: number, ms: number): Promise<boolean> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    try { process.kill(pid, 0) } catch { return true }
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+  return false
+}
+
 async function main (argv: string[]): Promise<number> {
   const [command, ...rest] = argv
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
@@ -95,6 +156,8 @@ async function main (argv: string[]): Promise<number> {
         json: { type: 'boolean' },
         repair: { type: 'boolean' },
         quick: { type: 'boolean' },
+        foreground: { type: 'boolean' },
+        lazy: { type: 'boolean' },
         'block-size': { type: 'string' },
         module: { type: 'string' },
         'token-label': { type: 'string' },
@@ -130,6 +193,49 @@ async function main (argv: string[]): Promise<number> {
       await s.close()
       return EXIT.OK
     }
+    case 'mount': {
+      expectPositionals(1, 'a mount point')
+      const mountpoint = resolve(positionals[0] as string)
+      if (values.foreground !== true) return await mountBackground(dataDir, mountpoint)
+      const daemon = new Daemon({
+        dataDir,
+        mountpoint,
+        pinEnv,
+        onReady: info => {
+          if (process.send !== undefined) process.send({ ready: info }, () => { process.disconnect?.() })
+          else console.log(`Strata drive mounted at ${info.mountpoint} (pid ${info.pid}); stop it with Ctrl-C or: node ${BIN} unmount ${info.mountpoint}`)
+        }
+      })
+      try {
+        await daemon.start()
+      } catch (err) {
+        const e = err as Error & { code?: string }
+        if (process.send !== undefined) process.send({ error: { message: e.message, code: e.code } })
+        throw err
+      }
+      await daemon.stopped
+      return EXIT.OK
+    }
+    case 'unmount': {
+      expectPositionals(1, 'a mount point')
+      const given = resolve(positionals[0] as string)
+      const mountpoint = await realpath(given).catch(() => given)
+      const dir = values.data !== undefined ? dataDir : (await registeredDataDir(mountpoint)) ?? dataDir
+      const info = await readDaemonInfo(dir)
+      if (info !== undefined && info.mountpoint === mountpoint) {
+        await request(info.socket, 'unmount', { lazy: values.lazy === true })
+        if (!await waitForExit(info.pid, 120_000)) throw Object.assign(new Error(`the daemon (pid ${info.pid}) did not exit within 120 s`), { code: 'ERR_UNMOUNT' })
+        console.log(`unmounted ${mountpoint}`)
+        return EXIT.OK
+      }
+      const m = await mountAt(mountpoint)
+      if (m !== undefined && m.fstype.startsWith('fuse') && await isStale(mountpoint)) {
+        await fusermountU(mountpoint, { lazy: true })
+        console.log(`cleaned up the stale mount at ${mountpoint} (its daemon had died)`)
+        return EXIT.OK
+      }
+      throw Object.assign(new Error(`${mountpoint} is not a mounted Strata drive`), { code: 'ERR_NOT_MOUNTED' })
+    }
     case 'demo': {
       expectPositionals(0, 'no arguments besides options')
       const s = await openStrata({ dataDir, pinEnv })
@@ -143,6 +249,13 @@ async function main (argv: string[]): Promise<number> {
     }
     case 'status': {
       expectPositionals(0, 'no arguments besides options')
+      const running = await readDaemonInfo(dataDir)
+      if (running !== undefined) {
+        const st = await request(running.socket, 'status') as Record<string, unknown> & { blocks: number, storedBytes: number, diskBytes: number, namespaces: string[] }
+        if (values.json === true) console.log(JSON.stringify(st, null, 2))
+        else console.log(`mounted  ${String(st.mountpoint)} (daemon pid ${String(st.pid)}, ${mib(Number(st.rssBytes))} MiB RSS)\nvolume   ${dataDir}\ntoken    ${String(st.token)} (team ${String(st.team)})\nblocks   ${st.blocks} (${mib(st.storedBytes)} MiB stored, ${mib(st.diskBytes)} MiB on disk)\nspaces   ${st.namespaces.length} namespace(s)`)
+        return EXIT.OK
+      }
       const s = await openStrata({ dataDir, pinEnv })
       try {
         const st = await s.blocks.stats()
@@ -168,12 +281,13 @@ async function main (argv: string[]): Promise<number> {
     }
     case 'fsck': {
       expectPositionals(0, 'no arguments besides options')
+      const running = await readDaemonInfo(dataDir)
+      if (running !== undefined) {
+        return printFsck(await request(running.socket, 'fsck', { repair: values.repair === true, quick: values.quick === true }) as FsckReport, values.repair === true)
+      }
       const s = await openStrata({ dataDir, pinEnv })
       try {
-        const report = await fsck(s.vol, { repair: values.repair === true, verifyData: values.quick !== true })
-        for (const p of report.problems) console.log(`${p.kind}\t${p.path}\t${p.detail}`)
-        console.log(`fsck: ${report.ok ? 'clean' : 'PROBLEMS FOUND'}: ${report.inodes} inodes, ${report.blocks} blocks, ${report.problems.length} problem(s)${values.repair === true ? `, ${report.repaired} repaired` : ''}`)
-        return report.ok ? EXIT.OK : EXIT.FSCK_PROBLEMS
+        return printFsck(await fsck(s.vol, { repair: values.repair === true, verifyData: values.quick !== true }), values.repair === true)
       } finally {
         await s.close()
       }
@@ -182,13 +296,16 @@ async function main (argv: string[]): Promise<number> {
       expectPositionals(1, '"tek" or "nek"')
       const which = positionals[0]
       if (which !== 'tek' && which !== 'nek') throw new UsageError(`strata rotate expects "tek" or "nek", not "${String(which)}"`)
+      const running = await readDaemonInfo(dataDir)
+      if (running !== undefined) {
+        const r = await request(running.socket, 'rotate', { which }, progressBar) as { version?: number }
+        process.stderr.write('\n')
+        console.log(which === 'tek' ? `team key rotated to version ${String(r.version)}` : 'every namespace key rotated')
+        return EXIT.OK
+      }
       const s = await openStrata({ dataDir, pinEnv })
       try {
-        const bar = (label: string) => (p: { done: number, total: number }): void => {
-          const w = 30
-          const f = p.total === 0 ? w : Math.round(w * p.done / p.total)
-          process.stderr.write(`\r${label} [${'#'.repeat(f)}${'.'.repeat(w - f)}] ${p.done}/${p.total}`)
-        }
+        const bar = (label: string) => (p: { done: number, total: number }): void => { progressBar({ label, ...p }) }
         if (which === 'tek') {
           const v = await s.keys.rotateTek({ onProgress: bar('re-wrapping NEKs') })
           process.stderr.write('\n')
@@ -209,6 +326,12 @@ async function main (argv: string[]): Promise<number> {
       expectPositionals(1, '"disable", "enable" or "destroy"')
       const action = positionals[0]
       if (action !== 'disable' && action !== 'enable' && action !== 'destroy') throw new UsageError(`strata team expects "disable", "enable" or "destroy", not "${String(action)}"`)
+      const running = await readDaemonInfo(dataDir)
+      if (running !== undefined) {
+        const r = await request(running.socket, 'team', { action }) as { team: string }
+        console.log(`team access: ${r.team}`)
+        return EXIT.OK
+      }
       const s = await openStrata({ dataDir, pinEnv })
       try {
         if (action === 'disable') await s.keys.disableTeam()
@@ -225,7 +348,11 @@ async function main (argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(code => { process.exitCode = code }, (err: Error & { code?: string }) => {
+main(process.argv.slice(2)).then(code => {
+  process.exitCode = code
+  // A daemon that stopped may leave FUSE and worker handles behind: leave nothing running.
+  if (process.argv[2] === 'mount') setImmediate(() => process.exit(code))
+}, (err: Error & { code?: string }) => {
   if (err instanceof UsageError) {
     console.error(`strata: ${err.message}\n\n${USAGE}`)
     process.exitCode = EXIT.USAGE
@@ -234,4 +361,5 @@ main(process.argv.slice(2)).then(code => { process.exitCode = code }, (err: Erro
   console.error(`strata: ${err.message}`)
   if (process.env.STRATA_DEBUG === '1' && err.stack !== undefined) console.error(err.stack)
   process.exitCode = exitCodeOf(err)
+  if (process.argv[2] === 'mount') setImmediate(() => process.exit(exitCodeOf(err)))
 })

@@ -16,5 +16,11 @@ export const EXIT = {
   /** fsck found problems. */
   FSCK_PROBLEMS: 7,
   /** Stored data failed verification. */
-  INTEGRITY: 8
+  INTEGRITY: 8,
+  /** The mount failed: mount point missing or busy, volume in use, FUSE missing. */
+  MOUNT: 9,
+  /** No Strata drive is mounted there. */
+  NOT_MOUNTED: 10,
+  /** The mount point is busy (files are open); nothing was changed. */
+  BUSY: 11
 } as const

@@ -142,9 +142,14 @@ export async function openStrata (options: OpenOptions, create = false): Promise
   useSoftHsmConf(dataDir, cfg)
   const pin = await readPin({ pinFile: cfg.token.pinFile === undefined ? undefined : resolveIn(dataDir, cfg.token.pinFile), env: options.pinEnv })
   const cleanup: Array<() => Promise<void>> = []
+  /** Close everything in reverse order; report the first failure (e.g. data that could not be sealed). */
   const closeAll = async (): Promise<void> => {
-    for (const fn of cleanup.reverse()) await fn().catch(() => {})
+    let first: unknown
+    for (const fn of cleanup.reverse()) {
+      try { await fn() } catch (err) { first ??= err }
+    }
     cleanup.length = 0
+    if (first !== undefined) throw first
   }
   try {
     const token = await Pkcs11Token.open({ module: cfg.token.module, label: cfg.token.label, pin, faults: options.tokenFaults })
@@ -153,7 +158,8 @@ export async function openStrata (options: OpenOptions, create = false): Promise
     const db: Db = new ClassicLevel<string, Uint8Array>(join(dataDir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'view' })
     await db.open()
     cleanup.push(async () => { await db.close() })
-    const store = new LevelKeyRecordStore(db.sublevel<string, Uint8Array>('keys', { keyEncoding: 'utf8', valueEncoding: 'view' }))
+    let blocksRef: BlockStore | undefined
+    const store = new LevelKeyRecordStore(db.sublevel<string, Uint8Array>('keys', { keyEncoding: 'utf8', valueEncoding: 'view' }), async () => { await blocksRef?.sync() })
     const keys = await KeyHierarchy.open({ token, store }, { nekCacheMs: options.nekCacheMs, custodyFaultHook: options.custodyFaultHook })
     cleanup.push(async () => { await keys.close() })
     let blocks: BlockStore
@@ -164,6 +170,7 @@ export async function openStrata (options: OpenOptions, create = false): Promise
       await log.open()
       blocks = log
     }
+    blocksRef = blocks
     cleanup.push(async () => { await blocks.close() })
     const components = { db, keys, blocks }
     const init: VolumeInit = { ...options.volume, dataDir, custodyFaultHook: options.custodyFaultHook }
@@ -173,7 +180,7 @@ export async function openStrata (options: OpenOptions, create = false): Promise
     return { dataDir, config: cfg, token, keys, db, blocks, vol, close: closeAll }
   } catch (err) {
     pin.fill(0)
-    await closeAll()
+    await closeAll().catch(() => {})
     throw err
   }
 }

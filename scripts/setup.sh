@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what is missing on a Debian 12 machine with Node 20, then builds:
-#   Debian packages (softhsm2, libfuse2, fuse, libfuse-dev, pkg-config), npm dependencies, the build.
+#   Debian packages (softhsm2, libfuse2, fuse, libfuse-dev, pkg-config, patch; rsync, attr, sqlite3, git
+#   for the application tests), npm dependencies, the build.
 # Idempotent: a second run changes nothing and takes a second or two.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in softhsm2 libfuse2 fuse libfuse-dev pkg-config; do
+for pkg in softhsm2 libfuse2 fuse libfuse-dev pkg-config patch rsync attr sqlite3 git; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -27,3 +28,4 @@ fi
 
 echo "strata setup: building"
 npx tsc -p tsconfig.json
+bash scripts/build-fuse.sh

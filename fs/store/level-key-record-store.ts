@@ -3,7 +3,11 @@ import type { KeyRecordStore } from '../../hsm/types.js'
 import type { Sublevel } from './types.js'
 
 export class LevelKeyRecordStore implements KeyRecordStore {
-  constructor (private readonly sub: Sublevel) {}
+  /**
+   * `beforeSync` runs before each (synced) write: a synced LevelDB write makes every earlier
+   * write durable, so block bytes named by earlier metadata must be durable first.
+   */
+  constructor (private readonly sub: Sublevel, private readonly beforeSync: () => Promise<void> = async () => {}) {}
 
   async get (key: string): Promise<Uint8Array | undefined> {
     return await this.sub.get(key)
@@ -11,10 +15,12 @@ export class LevelKeyRecordStore implements KeyRecordStore {
 
   async put (key: string, value: Uint8Array): Promise<void> {
     // Key records are rare and precious: every write is durable before it returns.
+    await this.beforeSync()
     await this.sub.db.batch([{ type: 'put', key, value, sublevel: this.sub }], { sync: true })
   }
 
   async del (key: string): Promise<void> {
+    await this.beforeSync()
     await this.sub.db.batch([{ type: 'del', key, sublevel: this.sub }], { sync: true })
   }
 

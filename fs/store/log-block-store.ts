@@ -34,7 +34,18 @@ function decodeLoc (hex: string, v: Uint8Array): Location {
   return { seg: b.readUInt32BE(0), offset: b.readDoubleBE(4), len: b.readUInt32BE(12) }
 }
 
-interface Segment { n: number, fh: FileHandle, size: number, live: number, dirty: boolean }
+interface Segment {
+  n: number
+  fh: FileHandle
+  size: number
+  live: number
+  /** Written since its last datasync began. */
+  dirty: boolean
+  /** The datasync in progress, which later sync() calls wait for. */
+  syncing?: Promise<void>
+  /** Appends reserved but not finished: such a segment is never a compaction victim. */
+  pending: number
+}
 
 export class LogBlockStore implements BlockStore {
   private readonly index: Sublevel
@@ -44,6 +55,9 @@ export class LogBlockStore implements BlockStore {
   private active: Segment | undefined
   private rolling: Promise<Segment> | undefined
   private opened: Promise<void> | undefined
+  /** Segments compaction removed; their handles stay readable until close(). */
+  private readonly retired: Segment[] = []
+  private compacting: Promise<{ reclaimedBytes: number }> | undefined
 
   constructor (components: { index: Sublevel }, init: { dir: string, segmentBytes?: number }) {
     this.index = components.index
@@ -64,7 +78,7 @@ export class LogBlockStore implements BlockStore {
       const n = Number(name.slice(4, 12))
       const fh = await open(join(this.dir, name), 'r+')
       const { size } = await fh.stat()
-      this.segments.set(n, { n, fh, size, live: 0, dirty: false })
+      this.segments.set(n, { n, fh, size, live: 0, dirty: false, pending: 0 })
     }
     for await (const [hex, v] of this.index.iterator()) {
       const loc = decodeLoc(hex, v)
@@ -77,7 +91,7 @@ export class LogBlockStore implements BlockStore {
 
   private async createSegment (n: number): Promise<Segment> {
     const fh = await open(join(this.dir, `seg-${String(n).padStart(8, '0')}.log`), 'wx+')
-    const seg: Segment = { n, fh, size: 0, live: 0, dirty: true }
+    const seg: Segment = { n, fh, size: 0, live: 0, dirty: true, pending: 0 }
     this.segments.set(n, seg)
     return seg
   }
@@ -90,6 +104,7 @@ export class LogBlockStore implements BlockStore {
       if (seg.size === 0 || seg.size + bytes <= this.segmentBytes) {
         const offset = seg.size
         seg.size += bytes
+        seg.pending++
         return { seg, offset }
       }
       this.rolling = this.createSegment(seg.n + 1)
@@ -103,13 +118,23 @@ export class LogBlockStore implements BlockStore {
     if (id.length !== 32) throw new TypeError('block id must be 32 bytes')
     if (options.verified !== true && !blockIdMatches(bytes, id)) throw new BlockCorruptError(hex, 'bytes do not hash to the id')
     if (await this.index.get(hex) !== undefined) return
+    const loc = await this.append(id, bytes)
+    await this.index.put(hex, encodeLoc(loc))
+  }
+
+  /** Write a record at the head; the caller indexes it. */
+  private async append (id: Uint8Array, bytes: Uint8Array): Promise<Location> {
     const header = Buffer.allocUnsafe(HEADER)
     MAGIC.copy(header, 0); header.writeUInt32BE(bytes.length, 4); Buffer.from(id).copy(header, 8)
     const { seg, offset } = await this.reserve(HEADER + bytes.length)
-    await seg.fh.writev([header, bytes], offset)
-    seg.dirty = true
-    seg.live += HEADER + bytes.length
-    await this.index.put(hex, encodeLoc({ seg: seg.n, offset: offset + HEADER, len: bytes.length }))
+    try {
+      await seg.fh.writev([header, bytes], offset)
+      seg.dirty = true
+      seg.live += HEADER + bytes.length
+    } finally {
+      seg.pending--
+    }
+    return { seg: seg.n, offset: offset + HEADER, len: bytes.length }
   }
 
   private async locate (hex: string): Promise<Location | undefined> {
@@ -120,13 +145,23 @@ export class LogBlockStore implements BlockStore {
   async get (id: Uint8Array, options: { verify?: boolean } = {}): Promise<Buffer | undefined> {
     await this.open()
     const hex = Buffer.from(id).toString('hex')
-    const loc = await this.locate(hex)
-    if (loc === undefined) return undefined
-    const seg = this.segments.get(loc.seg)
-    if (seg === undefined) throw new BlockCorruptError(hex, `segment ${loc.seg} is missing`)
-    const buf = Buffer.allocUnsafeSlow(loc.len)
-    const { bytesRead } = await seg.fh.read(buf, 0, loc.len, loc.offset)
-    if (bytesRead !== loc.len) throw new BlockCorruptError(hex, 'segment file is truncated')
+    let buf: Buffer | undefined
+    // Compaction may move the block between our index lookup and the read: look it up again.
+    for (let attempt = 0; buf === undefined; attempt++) {
+      const loc = await this.locate(hex)
+      if (loc === undefined) return undefined
+      const seg = this.segments.get(loc.seg) ?? this.retired.find(r => r.n === loc.seg)
+      try {
+        if (seg === undefined) throw new BlockCorruptError(hex, `segment ${loc.seg} is missing`)
+        const b = Buffer.allocUnsafeSlow(loc.len)
+        const { bytesRead } = await seg.fh.read(b, 0, loc.len, loc.offset)
+        if (bytesRead !== loc.len) throw new BlockCorruptError(hex, 'segment file is truncated')
+        buf = b
+      } catch (err) {
+        const moved = await this.locate(hex)
+        if (attempt > 0 || moved === undefined || (moved.seg === loc.seg && moved.offset === loc.offset)) throw err
+      }
+    }
     if (options.verify !== false && !blockIdMatches(buf, id)) throw new BlockCorruptError(hex, 'stored bytes do not hash to the id')
     return buf
   }
@@ -151,38 +186,67 @@ export class LogBlockStore implements BlockStore {
     for await (const k of this.index.keys()) yield Buffer.from(k, 'hex')
   }
 
+  /**
+   * Every append completed before this call is on disk when it returns. A segment written since
+   * its last datasync began gets a new one; otherwise a datasync still in progress is awaited
+   * (it began after those writes), so concurrent callers never return early.
+   */
   async sync (): Promise<void> {
     await this.open()
-    const dirty = [...this.segments.values()].filter(s => s.dirty)
-    for (const s of dirty) s.dirty = false
-    await Promise.all(dirty.map(async s => await s.fh.datasync()))
+    await Promise.all([...this.segments.values()].map(async s => {
+      if (s.dirty) {
+        s.dirty = false
+        const p = s.fh.datasync()
+        s.syncing = p
+        try { await p } catch (err) { s.dirty = true; throw err } finally { if (s.syncing === p) s.syncing = undefined }
+      } else if (s.syncing !== undefined) {
+        await s.syncing
+      }
+    }))
   }
 
   /**
-   * Copy the live records of segments that are mostly dead to the head, then delete them.
-   * The index is switched to the new copy (made durable first) before the old file goes.
+   * Copy the live records of segments that are mostly dead to the head, then delete them. Each
+   * copy is written and made durable before its index entry switches to it (never delete
+   * first), and only if the entry still points at the old place. Segments with appends in
+   * flight are never victims; a removed segment's handle stays open for readers until close().
    */
   async compact (options: { liveRatio?: number } = {}): Promise<{ reclaimedBytes: number }> {
     await this.open()
-    const ratio = options.liveRatio ?? 0.5
-    const victims = [...this.segments.values()].filter(s => s !== this.active && s.live < s.size * ratio)
+    while (this.compacting !== undefined) await this.compacting.catch(() => {})
+    const run = this._compact(options.liveRatio ?? 0.5)
+    this.compacting = run
+    try { return await run } finally { if (this.compacting === run) this.compacting = undefined }
+  }
+
+  private async _compact (ratio: number): Promise<{ reclaimedBytes: number }> {
+    const victims = [...this.segments.values()].filter(s => s !== this.active && s.pending === 0 && s.live < s.size * ratio)
     if (victims.length === 0) return { reclaimedBytes: 0 }
     const byVictim = new Set(victims.map(v => v.n))
-    let reclaimed = 0
+    const moves: Array<{ hex: string, from: Location, to: Location }> = []
     for await (const [hex, v] of this.index.iterator()) {
-      const loc = decodeLoc(hex, v)
-      if (!byVictim.has(loc.seg)) continue
+      const from = decodeLoc(hex, v)
+      if (!byVictim.has(from.seg)) continue
       const bytes = await this.get(Buffer.from(hex, 'hex'), { verify: true }).catch(() => undefined)
-      if (bytes === undefined) continue // corrupt blocks stay where fsck can report them
-      await this.index.del(hex)
-      await this.put(Buffer.from(hex, 'hex'), bytes, { verified: true })
+      if (bytes === undefined) return { reclaimedBytes: 0 } // corrupt: leave the segment for fsck to report
+      moves.push({ hex, from, to: await this.append(Buffer.from(hex, 'hex'), bytes) })
     }
     await this.sync()
+    for (const { hex, from, to } of moves) {
+      const now = await this.locate(hex)
+      if (now !== undefined && now.seg === from.seg && now.offset === from.offset) {
+        await this.index.put(hex, encodeLoc(to))
+      } else {
+        const seg = this.segments.get(to.seg) // deleted meanwhile: the copy is dead bytes
+        if (seg !== undefined) seg.live -= HEADER + to.len
+      }
+    }
     await syncDb(this.index.db)
+    let reclaimed = 0
     for (const seg of victims) {
       reclaimed += seg.size - seg.live
-      await seg.fh.close()
       this.segments.delete(seg.n)
+      this.retired.push(seg)
       await unlink(join(this.dir, `seg-${String(seg.n).padStart(8, '0')}.log`))
     }
     return { reclaimedBytes: reclaimed }
@@ -201,8 +265,9 @@ export class LogBlockStore implements BlockStore {
     if (this.opened === undefined) return
     await this.opened.catch(() => {})
     await this.sync().catch(() => {})
-    for (const s of this.segments.values()) await s.fh.close().catch(() => {})
+    for (const s of [...this.segments.values(), ...this.retired]) await s.fh.close().catch(() => {})
     this.segments.clear()
+    this.retired.length = 0
     this.opened = undefined
   }
 }

@@ -25,7 +25,7 @@ export interface SealOutput {
 
 interface Pending { resolve: (v: any) => void, reject: (e: Error) => void }
 
-interface Slot { worker: Worker, busy: number }
+interface Slot { worker: Worker, pending: Map<number, Pending> }
 
 function owned (b: Uint8Array): Uint8Array {
   // A transferable buffer must own its whole ArrayBuffer (Node's small-buffer pool does not).
@@ -34,7 +34,6 @@ function owned (b: Uint8Array): Uint8Array {
 
 export class CryptoPool {
   private readonly slots: Slot[] = []
-  private readonly pending = new Map<number, Pending>()
   private nextId = 1
   private closed = false
 
@@ -42,53 +41,59 @@ export class CryptoPool {
 
   constructor (init: { threads?: number } = {}) {
     const n = Math.max(0, init.threads ?? availableParallelism())
-    for (let i = 0; i < n; i++) {
-      // No execArgv: a test runner's loaders and flags would slow every worker's start.
-      const worker = new Worker(new URL('./crypto-worker.js', import.meta.url), { execArgv: [] })
-      worker.unref()
-      worker.on('message', (msg: { id: number, error?: string } & Record<string, unknown>) => {
-        const p = this.pending.get(msg.id)
-        if (p === undefined) return
-        this.pending.delete(msg.id)
-        const slot = this.slots[i]
-        if (slot !== undefined) slot.busy--
-        if (msg.error !== undefined) p.reject(new Error(msg.error))
-        else p.resolve(msg)
-      })
-      worker.on('error', (err) => {
-        for (const [, p] of this.pending) p.reject(err)
-        this.pending.clear()
-      })
-      this.slots.push({ worker, busy: 0 })
+    for (let i = 0; i < n; i++) this.slots.push(this.spawn())
+  }
+
+  /**
+   * A worker; if it dies (an error, an exit), only its own jobs fail and a new one takes its
+   * place, so one crash never strands the others' jobs or later work.
+   */
+  private spawn (): Slot {
+    // No execArgv: a test runner's loaders and flags would slow every worker's start.
+    const worker = new Worker(new URL('./crypto-worker.js', import.meta.url), { execArgv: [] })
+    worker.unref()
+    const slot: Slot = { worker, pending: new Map() }
+    worker.on('message', (msg: { id: number, error?: string } & Record<string, unknown>) => {
+      const p = slot.pending.get(msg.id)
+      if (p === undefined) return
+      slot.pending.delete(msg.id)
+      if (msg.error !== undefined) p.reject(new Error(`crypto worker: ${msg.error}`))
+      else p.resolve(msg)
+    })
+    const fail = (err: Error): void => {
+      for (const p of slot.pending.values()) p.reject(err)
+      slot.pending.clear()
+      const i = this.slots.indexOf(slot)
+      if (i >= 0 && !this.closed) this.slots[i] = this.spawn()
     }
+    worker.on('error', err => { fail(err) })
+    worker.on('exit', code => { if (!this.closed) fail(new Error(`crypto worker exited with code ${code}`)) })
+    return slot
   }
 
   private post<T> (msg: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<T> {
     if (this.closed) return Promise.reject(new Error('crypto pool is closed'))
     let best = this.slots[0] as Slot
-    for (const s of this.slots) if (s.busy < best.busy) best = s
-    best.busy++
+    for (const s of this.slots) if (s.pending.size < best.pending.size) best = s
     const id = this.nextId++
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject })
+      best.pending.set(id, { resolve, reject })
       best.worker.postMessage({ ...msg, id }, transfer)
     })
   }
 
   /**
-   * Encrypt a block and compute its id and dedup tag. The plaintext buffer may be transferred to
-   * a worker and back: use the returned `plaintext`, not the argument, afterwards.
+   * Encrypt a block and compute its id and dedup tag. The plaintext is copied to the worker,
+   * never transferred: the caller's buffer (a write buffer) survives any failure.
    */
-  async seal (job: SealJob): Promise<SealOutput & { plaintext: Uint8Array }> {
+  async seal (job: SealJob): Promise<SealOutput> {
     if (this.slots.length === 0 || job.plaintext.length < INLINE_LIMIT) {
       const s = sealBlock(job.bek, job.plaintext, job.padded, job.aad)
-      return { ...s, tag: dedupTag(job.dedupKey, job.plaintext), plaintext: job.plaintext }
+      return { ...s, tag: dedupTag(job.dedupKey, job.plaintext) }
     }
-    const plaintext = owned(job.plaintext)
-    const r = await this.post<{ stored: Uint8Array, blockId: Uint8Array, tag: Uint8Array, plaintext: Uint8Array }>(
-      { op: 'seal', bek: job.bek, plaintext, padded: job.padded, aad: job.aad, dedupKey: job.dedupKey },
-      [plaintext.buffer as ArrayBuffer])
-    return { stored: toBuffer(r.stored), id: toBuffer(r.blockId), tag: toBuffer(r.tag), plaintext: r.plaintext }
+    const r = await this.post<{ stored: Uint8Array, blockId: Uint8Array, tag: Uint8Array }>(
+      { op: 'seal', bek: job.bek, plaintext: job.plaintext, padded: job.padded, aad: job.aad, dedupKey: job.dedupKey }, [])
+    return { stored: toBuffer(r.stored), id: toBuffer(r.blockId), tag: toBuffer(r.tag) }
   }
 
   /** Verify hash and tag, then decrypt. The stored buffer is transferred (do not reuse it). */
@@ -104,9 +109,12 @@ export class CryptoPool {
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
-    await Promise.all(this.slots.map(async s => await s.worker.terminate()))
-    for (const [, p] of this.pending) p.reject(new Error('crypto pool closed'))
-    this.pending.clear()
+    const slots = this.slots.splice(0)
+    await Promise.all(slots.map(async s => await s.worker.terminate()))
+    for (const s of slots) {
+      for (const p of s.pending.values()) p.reject(new Error('crypto pool closed'))
+      s.pending.clear()
+    }
   }
 }
 

@@ -12,8 +12,9 @@ parentPort?.on('message', (msg: Msg) => {
       const tag = dedupTag(msg.dedupKey, msg.plaintext)
       const s = sealBlock(msg.bek, msg.plaintext, msg.padded, msg.aad)
       msg.bek.fill(0)
-      parentPort?.postMessage({ id: msg.id, stored: s.stored, blockId: s.id, tag, plaintext: msg.plaintext },
-        [msg.plaintext.buffer as ArrayBuffer, ...(s.stored.byteOffset === 0 && s.stored.byteLength === s.stored.buffer.byteLength ? [s.stored.buffer as ArrayBuffer] : [])])
+      msg.plaintext.fill(0)
+      parentPort?.postMessage({ id: msg.id, stored: s.stored, blockId: s.id, tag },
+        s.stored.byteOffset === 0 && s.stored.byteLength === s.stored.buffer.byteLength ? [s.stored.buffer as ArrayBuffer] : [])
     } else {
       const r = openBlock(msg.bek, msg.stored, msg.aad, msg.blockId)
       msg.bek.fill(0)

@@ -172,19 +172,21 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
   for await (const id of vol.blocks.ids()) {
     blocks++
     const hex = id.toString('hex')
-    if (!known.has(hex) && !queued.has(hex)) {
+    if (!known.has(hex) && !queued.has(hex) && !vol.isInflight(hex)) {
       report({ path: `block ${hex}`, kind: 'orphan-block', detail: 'stored block is not referenced by any file' })
       orphanBlocks.push(id)
     }
   }
 
   if (options.repair === true) {
+    // Unreferenced blocks are queued for the GC, which checks again before deleting.
+    for (const id of orphanBlocks) repairs.push({ type: 'put', key: K.gc('-', id.toString('hex')), value: new Uint8Array(0) })
     await meta.write(repairs, { sync: true })
-    for (const id of orphanBlocks) await vol.blocks.del(id)
     repaired = repairs.length > 0 || orphanBlocks.length > 0 ? problems.filter(p => ['refcount', 'dangling-entry', 'nlink', 'orphan-block'].includes(p.kind)).length : 0
   }
   // Unreferenced blocks are garbage, not damage: a crash between storing a block and committing
   // the metadata that names it leaves one, and GC removes it.
   const ok = problems.every(p => p.kind === 'orphan-block')
+  if (options.repair === true && orphanBlocks.length > 0) setImmediate(() => { vol.gc().catch(() => {}) })
   return { ok, problems, inodes: inodes.size, blocks, repaired }
 }

@@ -26,9 +26,13 @@ export class MetaStore {
   readonly keys: KeyService
   private readonly derived = new Map<string, NamespaceKeys>()
 
-  constructor (components: { db: Db, keys: KeyService }) {
+  /** Runs before every synced write: block bytes must be durable before metadata naming them. */
+  private readonly beforeSync: () => Promise<void>
+
+  constructor (components: { db: Db, keys: KeyService, beforeSync?: () => Promise<void> }) {
     this.db = components.db
     this.keys = components.keys
+    this.beforeSync = components.beforeSync ?? (async () => {})
     this.meta = this.db.sublevel<string, Uint8Array>('meta', { keyEncoding: 'utf8', valueEncoding: 'view' })
   }
 
@@ -42,8 +46,16 @@ export class MetaStore {
     }
     const cached = this.derived.get(ns)
     if (cached !== undefined) return cached
-    const rec = await this.namespaceRecord(ns)
-    const nek = await this.keys.nek(ns, rec.v)
+    let rec = await this.namespaceRecord(ns)
+    let nek
+    try {
+      nek = await this.keys.nek(ns, rec.v)
+    } catch (err) {
+      // A rotation retired that version after we read the record: read it again, once.
+      if ((err as Error).name !== 'NamespaceKeyNotFoundError') throw err
+      rec = await this.namespaceRecord(ns)
+      nek = await this.keys.nek(ns, rec.v)
+    }
     const nmk = unwrapKey(nek.key, Buffer.from(rec.w, 'base64'), nmkAad(ns, rec.v))
     if (nmk === undefined) throw new KeyCustodyError(K.namespace(ns), 'wrapped metadata key fails authentication')
     if (!kcvEqual(keyCheckValue(nmk), Buffer.from(rec.c, 'base64'))) {
@@ -152,6 +164,7 @@ export class MetaStore {
 
   async write (ops: BatchOp[], options: { sync?: boolean } = {}): Promise<void> {
     if (ops.length === 0) return
+    if (options.sync === true) await this.beforeSync()
     await this.db.batch(ops.map(op => ({ ...op, sublevel: this.meta })), { sync: options.sync === true })
   }
 }

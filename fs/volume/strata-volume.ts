@@ -57,6 +57,8 @@ export interface VolumeInit {
   maxSeals?: number
   /** Crypto worker threads (0 = seal on the main thread). */
   cryptoThreads?: number
+  /** Told about failures of background work (GC, aged seals); the daemon logs them. */
+  onBackgroundError?: (what: string, err: Error) => void
   /** Test-only: flips bits between custody steps of block keys. */
   custodyFaultHook?: CustodyFaultHook
 }
@@ -117,6 +119,9 @@ export class StrataVolume implements Volume {
   private sealsInFlight = 0
   private readonly maxSeals: number
   private readonly sealWaiters: Array<() => void> = []
+  /** Blocks stored whose metadata is not committed yet (hidden from fsck repair and the GC). */
+  private readonly inflight = new Set<string>()
+  private gcRunning: Promise<{ blocksDeleted: number }> | undefined
   private readonly dirtyLimit: number
   private readonly sealAfterMs: number
   private readonly background = new Set<Promise<unknown>>()
@@ -128,7 +133,7 @@ export class StrataVolume implements Volume {
     this.db = components.db
     this.keys = components.keys
     this.blocks = components.blocks
-    this.meta = new MetaStore(components)
+    this.meta = new MetaStore({ ...components, beforeSync: async () => { await this.blocks.sync() } })
     this.init = init
     this.blockSize = header.blockSize
     this.rootNamespace = header.rootNamespace
@@ -202,6 +207,11 @@ export class StrataVolume implements Volume {
   }
 
   // ---- helpers -------------------------------------------------------------------------
+
+  /** Background work that failed (its data is kept; the error is for the log). */
+  private onBackgroundError (what: string, err: Error): void {
+    this.init.onBackgroundError?.(what, err)
+  }
 
   private track (p: Promise<unknown>): void {
     const q = p.catch(() => {}).finally(() => this.background.delete(q))
@@ -479,8 +489,10 @@ export class StrataVolume implements Volume {
     if (orphans.length === 0) return
     await this.lock.run(async () => {
       for (const ino of orphans) {
-        const inode = await this.getInode(ino).catch(() => undefined)
-        if (inode === undefined) { await this.meta.write([{ type: 'del', key: K.orphan(ino) }]); continue }
+        const inode = Number.isSafeInteger(ino) ? await this.getInode(ino).catch(() => undefined) : undefined
+        // The o/ key is not authenticated: only an inode whose own (authenticated) record says
+        // it has no names left is purged; anything else just loses the stray marker.
+        if (inode === undefined || inode.nlink !== 0 || inode.type === 'dir') { await this.meta.write([{ type: 'del', key: K.orphan(ino) }]); continue }
         await this.meta.write(await this.purgeOps(inode, new RefBatch(this.meta, inode.ns)))
       }
     })
@@ -669,6 +681,16 @@ export class StrataVolume implements Volume {
     return fh
   }
 
+  /** The parent directory of a directory. */
+  async parentIno (ino: number): Promise<number> {
+    return (await this.dirInode(ino)).parent
+  }
+
+  /** The inode an open file handle refers to (also after its last name was unlinked). */
+  handleIno (fh: number): number {
+    return this.handle(fh).ino
+  }
+
   private handle (fh: number): Handle {
     const h = this.handles.get(fh)
     if (h === undefined) throw new FsError('EBADF', `no open file handle ${fh}`)
@@ -678,11 +700,17 @@ export class StrataVolume implements Volume {
   private async manifestEntry (inode: Inode, st: FileState | undefined, idx: number): Promise<ManifestEntry | undefined> {
     const cached = st?.manifest.get(idx)
     if (cached !== undefined) return cached ?? undefined
-    const key = K.manifest(inode.ino, idx)
-    const rec = await this.meta.get(key)
-    const entry = rec === undefined ? undefined : decodeManifest(key, rec.body)
-    st?.manifest.set(idx, entry ?? null)
+    const entry = await this.manifestRecord(inode.ino, idx)
+    // A commit or truncate may have set a newer entry while we read: never overwrite it.
+    if (st !== undefined && !st.manifest.has(idx)) st.manifest.set(idx, entry ?? null)
     return entry
+  }
+
+  /** The stored manifest entry (no cache): what reference counting must go by. */
+  private async manifestRecord (ino: number, idx: number): Promise<ManifestEntry | undefined> {
+    const key = K.manifest(ino, idx)
+    const rec = await this.meta.get(key)
+    return rec === undefined ? undefined : decodeManifest(key, rec.body)
   }
 
   /** Decrypted, verified plaintext of a block (padded; the manifest's len says how much is data). */
@@ -692,6 +720,17 @@ export class StrataVolume implements Volume {
 
   /** Fetch, verify (hash, BEK custody, AEAD tag) and decrypt a block, bypassing the cache. */
   async loadBlock (ns: string, id: string): Promise<Buffer> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this._loadBlock(ns, id)
+      } catch (err) {
+        // A rotation retired the NEK version the record named after we read it: read it again.
+        if (attempt > 0 || (err as Error).name !== 'NamespaceKeyNotFoundError') throw err
+      }
+    }
+  }
+
+  private async _loadBlock (ns: string, id: string): Promise<Buffer> {
     {
       const bk = await getBlockKey(this.meta, ns, id)
       if (bk === undefined) throw new RecordCorruptError(K.blockKey(ns, id), 'block key record is missing')
@@ -700,10 +739,14 @@ export class StrataVolume implements Volume {
       if (bek === undefined) throw new KeyCustodyError(K.blockKey(ns, id), 'wrapped block key fails authentication')
       if (!kcvEqual(keyCheckValue(bek), Buffer.from(bk.c, 'base64'))) { bek.fill(0); throw new KeyCustodyError(K.blockKey(ns, id), 'block key check value mismatch') }
       const idBuf = Buffer.from(id, 'hex')
-      const stored = await this.blocks.get(idBuf, { verify: false })
-      if (stored === undefined) { bek.fill(0); throw new BlockMissingError(id) }
-      const r = await this.pool.open(bek, stored, blockAad(ns), idBuf)
-      bek.fill(0)
+      let r
+      try {
+        const stored = await this.blocks.get(idBuf, { verify: false })
+        if (stored === undefined) throw new BlockMissingError(id)
+        r = await this.pool.open(bek, stored, blockAad(ns), idBuf)
+      } finally {
+        bek.fill(0)
+      }
       if (!r.ok) throw new BlockCorruptError(id, r.problem === 'hash' ? 'stored bytes do not hash to the block id' : r.problem === 'tag' ? 'authentication tag does not verify' : 'stored format is invalid')
       return r.plaintext
     }
@@ -862,16 +905,23 @@ export class StrataVolume implements Volume {
   }
 
   private async commitBlock (inode: Inode, st: FileState, b: number, d: DirtyBlock, noDedup = false): Promise<void> {
+    const bek = randomBytes(32)
+    let stored: string | undefined
+    try {
+      return await this._commitBlock(inode, st, b, d, noDedup, bek, id => { stored = id; this.inflight.add(id) })
+    } finally {
+      bek.fill(0)
+      if (stored !== undefined) this.inflight.delete(stored)
+    }
+  }
+
+  private async _commitBlock (inode: Inode, st: FileState, b: number, d: DirtyBlock, noDedup: boolean, bek: Buffer, storing: (id: string) => void): Promise<void> {
     const ns = inode.ns
     const keys = await this.meta.nsKeys(ns)
-    const bek = randomBytes(32)
     const kcv = keyCheckValue(bek)
     const padded = paddedLength(d.len, this.blockSize)
-    const plain = d.buf.length === d.len ? d.buf : d.buf.subarray(0, d.len)
+    const plain = d.buf.subarray(0, d.len)
     const sealed = await this.pool.seal({ bek, plaintext: plain, padded, aad: blockAad(ns), dedupKey: keys.dedup })
-    // The buffer may have travelled to a worker and back: keep the returned one.
-    const back = Buffer.from(sealed.plaintext.buffer, sealed.plaintext.byteOffset, sealed.plaintext.byteLength)
-    if (plain === d.buf) d.buf = back
     const tag = sealed.tag.toString('hex')
     let id = sealed.id.toString('hex')
     const dup = noDedup ? undefined : await this.meta.meta.get(K.dedup(ns, tag))
@@ -879,6 +929,7 @@ export class StrataVolume implements Volume {
     // The NEK is borrowed from the cache, which zeroes it on expiry: use it only synchronously.
     const nek = await this.keys.nek(ns)
     const nekVersion = nek.version
+    if (!kcvEqual(keyCheckValue(nek.key), nek.kcv)) throw new KeyCustodyError(`nek/${ns}/${nekVersion}`, 'namespace key fails its check value; nothing stored')
     if (dup === undefined) {
       this.init.custodyFaultHook?.('generated', K.blockKey(ns, id), bek)
       wrapped = wrapKey(nek.key, bek, bekAad(ns, nekVersion, id))
@@ -889,11 +940,15 @@ export class StrataVolume implements Volume {
         throw new KeyCustodyError(K.blockKey(ns, id), 'block key changed between wrap and check; nothing stored')
       }
       again.fill(0)
+      // From here until its commit or abandonment the block is "in flight": fsck and the GC
+      // must not take it for garbage.
+      storing(id)
       await this.blocks.put(sealed.id, sealed.stored, { verified: true })
     }
     bek.fill(0)
     let freed = false
     let retry = false
+    let abandoned = false
     await this.lock.run(async () => {
       // A NEK rotation made another version current meanwhile: wrap again under it.
       if (wrapped !== undefined && await this.keys.currentNekVersion(ns) !== nekVersion) { retry = true; return }
@@ -915,7 +970,12 @@ export class StrataVolume implements Volume {
         refs.add(id, { v: nekVersion, w: wrapped.toString('base64'), c: Buffer.from(kcv).toString('base64'), refs: 1, tag })
         ops.push({ type: 'put', key: K.dedup(ns, tag), value: Buffer.from(id, 'latin1') })
       }
-      const old = await this.manifestEntry(inode, st, b)
+      if (this.files.get(inode.ino) !== st || b * this.blockSize >= inode.size) {
+        // Purged, or truncated below this block, while it was sealing: nothing to commit.
+        abandoned = true
+        return
+      }
+      const old = await this.manifestRecord(inode.ino, b)
       if (old !== undefined) {
         await refs.unref(old.id)
         inode.stored -= paddedLength(old.len, this.blockSize)
@@ -926,12 +986,16 @@ export class StrataVolume implements Volume {
       ops.push({ type: 'put', key: mkey, value: await this.meta.seal(ns, mkey, encodeManifest(entry)) })
       ops.push(...await refs.ops())
       if (this.inodes.get(inode.ino) === inode && inode.nlink > 0) ops.push(await this.inodeOp(inode))
-      if (this.files.get(inode.ino) !== st) return // purged while sealing: nothing to commit
       await this.meta.write(ops)
       st.manifest.set(b, entry)
       freed = refs.freed.length > 0
     })
-    if (retry) return await this.commitBlock(inode, st, b, d, dup !== undefined)
+    if (abandoned || retry) {
+      // A block we stored but will not reference is garbage: queue it for the GC.
+      if (wrapped !== undefined) await this.meta.write([{ type: 'put', key: K.gc(ns, id), value: new Uint8Array(0) }])
+      if (abandoned) { this.scheduleGc(); return }
+      return await this.commitBlock(inode, st, b, d, dup !== undefined)
+    }
     this.cache.set(id, d.buf)
     if (freed) this.scheduleGc()
   }
@@ -968,7 +1032,8 @@ export class StrataVolume implements Volume {
       const d = st.dirty.get(b)
       if (inode === undefined || d === undefined) continue
       freed += d.buf.length
-      const p = this.sealBlock(inode, st, b)
+      // Under the file's lock, so a truncate never runs between our choice and the seal's start.
+      const p = await st.lock.run(async () => this.sealBlock(inode, st, b))
       if (p !== undefined) waits.push(p)
     }
     const failed = (await Promise.allSettled(waits)).find(r => r.status === 'rejected')
@@ -977,10 +1042,12 @@ export class StrataVolume implements Volume {
 
   private async sealAged (): Promise<void> {
     const cutoff = Date.now() - this.sealAfterMs
-    for (const st of this.files.values()) {
+    for (const st of [...this.files.values()]) {
       const inode = this.inodes.get(st.ino)
-      if (inode === undefined) continue
-      for (const [b, d] of st.dirty) if (d.since <= cutoff) this.sealInBackground(inode, st, b)
+      if (inode === undefined || ![...st.dirty.values()].some(d => d.since <= cutoff)) continue
+      await st.lock.run(async () => {
+        for (const [b, d] of st.dirty) if (d.since <= cutoff) this.sealInBackground(inode, st, b)
+      })
     }
   }
 
@@ -1026,7 +1093,9 @@ export class StrataVolume implements Volume {
     let freed = false
     try {
       await st.lock.run(async () => {
-        await Promise.allSettled([...st.sealing.values()])
+        // Seals start only under this lock (or from writes, which hold it too): once these
+        // settle, none can commit behind the truncate.
+        while (st.sealing.size > 0) await Promise.allSettled([...st.sealing.values()])
         const bs = this.blockSize
         const keepBlocks = Math.ceil(size / bs)
         const ops: BatchOp[] = []
@@ -1047,6 +1116,7 @@ export class StrataVolume implements Volume {
                 st.manifest.set(idx, null)
               } else if (idx === keepBlocks - 1 && e.len > size - idx * bs) {
                 const shorter = { id: e.id, len: size - idx * bs }
+                inode.stored -= paddedLength(e.len, bs) - paddedLength(shorter.len, bs)
                 ops.push({ type: 'put', key, value: await this.meta.seal(inode.ns, key, encodeManifest(shorter)) })
                 st.manifest.set(idx, shorter)
               }
@@ -1074,13 +1144,17 @@ export class StrataVolume implements Volume {
 
   /** Make every metadata change made so far durable (fsync of a directory). */
   async syncMetadata (): Promise<void> {
+    await this.blocks.sync()
     await syncDb(this.db)
   }
 
+  /** Seal every file (all of them, even if one fails), then make everything durable. */
   async sync (): Promise<void> {
-    for (const ino of [...this.files.keys()]) await this.sealFile(ino)
+    const results = await Promise.allSettled([...this.files.keys()].map(async ino => { await this.sealFile(ino) }))
     await this.blocks.sync()
     await syncDb(this.db)
+    const failed = results.find(r => r.status === 'rejected')
+    if (failed?.status === 'rejected') throw failed.reason
   }
 
   // ---- garbage collection ----------------------------------------------------------------
@@ -1089,19 +1163,35 @@ export class StrataVolume implements Volume {
     if (this.gcTimer !== undefined || this.closed) return
     this.gcTimer = setTimeout(() => {
       this.gcTimer = undefined
-      this.track(this.gc())
+      this.track(this.gc().catch(err => { this.onBackgroundError('gc', err as Error); throw err }))
     }, 1000)
     this.gcTimer.unref()
   }
 
   /** Delete blocks whose last reference went away, then reclaim their space. */
   async gc (): Promise<{ blocksDeleted: number }> {
+    while (this.gcRunning !== undefined) await this.gcRunning.catch(() => {})
+    const run = this._gc()
+    this.gcRunning = run
+    try { return await run } finally { if (this.gcRunning === run) this.gcRunning = undefined }
+  }
+
+  /** Blocks fsck or a seal found unreferenced are queued, not deleted directly: only this checks and deletes. */
+  isInflight (id: string): boolean {
+    return this.inflight.has(id)
+  }
+
+  private async _gc (): Promise<{ blocksDeleted: number }> {
     let blocksDeleted = 0
     const done: BatchOp[] = []
     for await (const key of this.meta.meta.keys({ gte: 'g/', lt: 'g/\xff' })) {
       const [, ns, id] = key.split('/')
-      if (ns === undefined || id === undefined) { done.push({ type: 'del', key }); continue }
-      if (await this.meta.meta.get(K.blockKey(ns, id)) === undefined) {
+      if (ns === undefined || id === undefined || !/^[0-9a-f]{64}$/.test(id)) { done.push({ type: 'del', key }); continue }
+      if (this.inflight.has(id)) continue
+      const spaces = ns === '-' ? await this.keys.namespaces() : [ns]
+      let referenced = false
+      for (const n of spaces) if (await this.meta.meta.get(K.blockKey(n, id)) !== undefined) referenced = true
+      if (!referenced) {
         await this.blocks.del(Buffer.from(id, 'hex'))
         this.cache.delete(id)
         blocksDeleted++

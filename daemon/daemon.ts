@@ -1,0 +1,225 @@
+/**
+ * The running daemon: opens the volume, mounts it with FUSE, serves the control socket, and
+ * stops cleanly — dirty data sealed, LevelDB closed, mount removed — on `strata unmount`,
+ * SIGTERM or SIGINT. A stale mount left by a killed daemon is detected and cleaned up first.
+ */
+import { realpath, stat, mkdir, writeFile, readFile, rm } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { join } from 'node:path'
+import { openStrata, type Strata } from './strata.js'
+import { ControlServer, socketPath, writeDaemonInfo, readDaemonInfo, removeDaemonInfo, type Handler } from './control.js'
+import { mountAt, isStale, fusermountU } from './mounts.js'
+import { createLogger, type Logger } from './logger.js'
+import { FuseAdapter } from '../fs/fuse/adapter.js'
+import { fsck, rotateNek } from '../fs/volume/index.js'
+
+export class DaemonError extends Error {
+  readonly code: string
+  constructor (code: string, message: string) {
+    super(message)
+    this.name = 'DaemonError'
+    this.code = code
+  }
+}
+
+/** Where mount points are registered (mount point → data dir), so `unmount` needs only the path. */
+function registryDir (): string {
+  return process.getuid?.() === 0 ? '/run/strata' : join('/tmp', `strata-${process.getuid?.() ?? 0}`)
+}
+
+const regFile = (mountpoint: string): string => join(registryDir(), createHash('sha256').update(mountpoint).digest('hex').slice(0, 24) + '.json')
+
+export async function registeredDataDir (mountpoint: string): Promise<string | undefined> {
+  try {
+    const o = JSON.parse(await readFile(regFile(mountpoint), 'utf8')) as { dataDir?: unknown }
+    return typeof o.dataDir === 'string' ? o.dataDir : undefined
+  } catch {
+    return undefined
+  }
+}
+
+async function register (mountpoint: string, dataDir: string): Promise<void> {
+  await mkdir(registryDir(), { recursive: true, mode: 0o700 })
+  await writeFile(regFile(mountpoint), JSON.stringify({ mountpoint, dataDir }) + '\n', { mode: 0o600 })
+}
+
+async function unregister (mountpoint: string): Promise<void> {
+  await rm(regFile(mountpoint), { force: true })
+}
+
+/** Check a mount point before mounting; cleans up a stale FUSE mount. Returns its real path. */
+export async function prepareMountpoint (mountpoint: string, log: Logger): Promise<string> {
+  let real: string
+  try {
+    real = await realpath(mountpoint)
+  } catch (err) {
+    // realpath of a stale FUSE mount itself fails with ENOTCONN.
+    if ((err as NodeJS.ErrnoException).code === 'ENOTCONN' || (err as NodeJS.ErrnoException).code === 'ECONNABORTED') {
+      log('cleaning up the stale mount at %s (its daemon died)', mountpoint)
+      await fusermountU(mountpoint, { lazy: true })
+      real = await realpath(mountpoint)
+    } else {
+      throw new DaemonError('ERR_MOUNTPOINT', `mount point ${mountpoint} does not exist`)
+    }
+  }
+  const m = await mountAt(real)
+  if (m !== undefined) {
+    if (m.fstype.startsWith('fuse') && await isStale(real)) {
+      log('cleaning up the stale mount at %s (its daemon died)', real)
+      await fusermountU(real, { lazy: true })
+    } else {
+      throw new DaemonError('ERR_MOUNTPOINT_BUSY', `mount point ${real} is busy: ${m.source} (${m.fstype}) is mounted there`)
+    }
+  }
+  const st = await stat(real)
+  if (!st.isDirectory()) throw new DaemonError('ERR_MOUNTPOINT', `mount point ${real} is not a directory`)
+  return real
+}
+
+export interface DaemonOptions {
+  dataDir: string
+  mountpoint: string
+  pinEnv?: string
+  /** Called once the mount is ready (or failed), e.g. to tell a waiting parent. */
+  onReady?: (info: { mountpoint: string, pid: number }) => void
+}
+
+export class Daemon {
+  private strata: Strata | undefined
+  private adapter: FuseAdapter | undefined
+  private control: ControlServer | undefined
+  private stopping: Promise<void> | undefined
+  private readonly log: Logger
+  private mountpoint = ''
+  readonly stopped: Promise<void>
+  private resolveStopped!: () => void
+
+  constructor (private readonly options: DaemonOptions) {
+    this.log = createLogger({ trace: process.env.STRATA_TRACE === '1' }).forComponent('daemon')
+    this.stopped = new Promise(resolve => { this.resolveStopped = resolve })
+  }
+
+  async start (): Promise<void> {
+    const { dataDir } = this.options
+    const running = await readDaemonInfo(dataDir)
+    if (running !== undefined && running.pid !== process.pid) {
+      throw new DaemonError('ERR_VOLUME_BUSY', `the volume in ${dataDir} is already mounted at ${running.mountpoint} by strata daemon pid ${running.pid}`)
+    }
+    this.mountpoint = await prepareMountpoint(this.options.mountpoint, this.log)
+    try {
+      this.strata = await openStrata({ dataDir, pinEnv: this.options.pinEnv })
+    } catch (err) {
+      if ((err as { code?: string }).code === 'LEVEL_DATABASE_NOT_OPEN' && /lock/i.test(String((err as { cause?: Error }).cause?.message))) {
+        throw new DaemonError('ERR_VOLUME_BUSY', `the volume in ${dataDir} is in use by another strata process`)
+      }
+      throw err
+    }
+    const fuseLog = createLogger({ trace: process.env.STRATA_TRACE === '1' }).forComponent('fs:fuse')
+    this.adapter = new FuseAdapter({ volume: this.strata.vol, logger: fuseLog }, { mountpoint: this.mountpoint })
+    try {
+      await this.adapter.mount()
+    } catch (err) {
+      await this.strata.close()
+      throw new DaemonError('ERR_MOUNT', `cannot mount at ${this.mountpoint}: ${(err as Error).message} (is the "fuse" Debian package installed and /dev/fuse present?)`)
+    }
+    this.control = new ControlServer(this.handlers(), err => { this.log.error('control request failed: %e', err) })
+    const socket = socketPath(dataDir)
+    await this.control.listen(socket)
+    await writeDaemonInfo(dataDir, { pid: process.pid, socket, mountpoint: this.mountpoint, started: new Date().toISOString() })
+    await register(this.mountpoint, dataDir)
+    for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+      process.on(sig, () => {
+        this.log('%s: unmounting %s', sig, this.mountpoint)
+        this.stop({ lazy: true }).catch(err => { this.log.error('stop failed: %e', err) })
+      })
+    }
+    this.log('mounted %s at %s (pid %d)', dataDir, this.mountpoint, process.pid)
+    this.options.onReady?.({ mountpoint: this.mountpoint, pid: process.pid })
+  }
+
+  /** Unmount (lazily if files are open and `lazy`), seal, close. Idempotent. */
+  async stop (options: { lazy?: boolean } = {}): Promise<void> {
+    await this.detach(options)
+    this.stopping ??= this.shutdown()
+    await this.stopping
+  }
+
+  /**
+   * Remove the mount. Non-lazy first, so open files are reported as "busy" (like umount(8));
+   * `lazy` then detaches it anyway. fuse-native's own close (always `fusermount -uz`) follows
+   * only to end its FUSE thread; its complaint that nothing is mounted any more is expected.
+   */
+  private async detach (options: { lazy?: boolean }): Promise<void> {
+    const adapter = this.adapter
+    if (adapter === undefined) return
+    try {
+      await fusermountU(this.mountpoint, { lazy: false })
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'EBUSY' || options.lazy !== true) throw err
+      this.log('%s is busy: detaching it lazily', this.mountpoint)
+      await fusermountU(this.mountpoint, { lazy: true })
+    }
+    this.adapter = undefined
+    await adapter.unmount().catch(() => {})
+  }
+
+  private async shutdown (): Promise<void> {
+    await this.control?.close()
+    await this.strata?.close()
+    this.strata = undefined
+    await removeDaemonInfo(this.options.dataDir)
+    await unregister(this.mountpoint)
+    this.log('stopped: %s unmounted, volume closed', this.mountpoint)
+    this.resolveStopped()
+  }
+
+  private handlers (): Record<string, Handler> {
+    const s = (): Strata => {
+      if (this.strata === undefined) throw new DaemonError('ERR_STOPPING', 'the daemon is stopping')
+      return this.strata
+    }
+    return {
+      status: async () => {
+        const st = s()
+        const blocks = await st.blocks.stats()
+        return {
+          pid: process.pid,
+          mountpoint: this.mountpoint,
+          dataDir: this.options.dataDir,
+          token: st.config.token.label,
+          team: await st.keys.teamState(),
+          blockSize: st.vol.blockSize,
+          namespaces: await st.keys.namespaces(),
+          blocks: blocks.blocks,
+          storedBytes: blocks.bytes,
+          diskBytes: blocks.diskBytes,
+          nekCache: st.keys.cacheStats(),
+          rssBytes: process.memoryUsage.rss()
+        }
+      },
+      unmount: async (args) => {
+        // Detach now (a busy mount is an error answer), answer, then seal and close.
+        await this.detach({ lazy: args.lazy === true })
+        setImmediate(() => { this.stop().catch(err => { this.log.error('stop failed: %e', err) }) })
+        return { mountpoint: this.mountpoint }
+      },
+      team: async (args) => {
+        const action = args.action
+        const st = s()
+        if (action === 'disable') { await st.keys.disableTeam(); st.vol.forgetSecrets() } else if (action === 'enable') await st.keys.enableTeam()
+        else if (action === 'destroy') { await st.keys.destroyTeam(); st.vol.forgetSecrets() } else throw new DaemonError('ERR_BAD_REQUEST', 'team action must be disable, enable or destroy')
+        return { team: await st.keys.teamState() }
+      },
+      rotate: async (args, progress) => {
+        const st = s()
+        if (args.which === 'tek') return { version: await st.keys.rotateTek({ onProgress: p => { progress({ label: 're-wrapping NEKs', ...p }) } }) }
+        if (args.which === 'nek') {
+          for (const ns of await st.keys.namespaces()) await rotateNek(st.vol, ns, { onProgress: p => { progress({ label: `namespace ${ns}`, ...p }) } })
+          return { rotated: 'nek' }
+        }
+        throw new DaemonError('ERR_BAD_REQUEST', 'rotate expects "tek" or "nek"')
+      },
+      fsck: async (args) => await fsck(s().vol, { repair: args.repair === true, verifyData: args.quick !== true })
+    }
+  }
+}

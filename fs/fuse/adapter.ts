@@ -1,0 +1,360 @@
+/**
+ * The FUSE adapter: a thin, path-based layer (libfuse2 high-level API through Strata's patched
+ * fuse-native) over the inode-based StrataVolume. It resolves paths to inodes (with a cache it
+ * invalidates on every namespace change), maps errors to errnos (errno.ts), passes the caller's
+ * uid/gid to new entries, and nothing else: every file-system rule lives in the volume.
+ */
+import { constants as C } from 'node:fs'
+import { constants as OS } from 'node:os'
+import { loadFuseNative, type Fuse, type FuseCaller, type FuseOps, type FuseOptions, type FuseStat, type FuseUtime } from './native/fuse-native.js'
+import { toErrno } from './errno.js'
+import { ROOT_INO, type Attr, type FileType } from '../volume/types.js'
+import type { StrataVolume } from '../volume/strata-volume.js'
+
+const E = OS.errno
+
+export interface FuseLogger {
+  (fmt: string, ...args: unknown[]): void
+  error: (fmt: string, ...args: unknown[]) => void
+  trace: (fmt: string, ...args: unknown[]) => void
+}
+
+export interface FuseAdapterInit {
+  mountpoint: string
+  /** Kernel attribute/entry cache, seconds (default 1). */
+  attrTimeout?: number
+  entryTimeout?: number
+  /** Let other users use the mount (permissions are still enforced: default_permissions). */
+  allowOther?: boolean
+  debug?: boolean
+}
+
+const TYPE_BITS: Record<FileType, number> = {
+  file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, fifo: C.S_IFIFO, socket: C.S_IFSOCK, chardev: C.S_IFCHR, blockdev: C.S_IFBLK
+}
+
+/** The name libfuse2 gives a file that is unlinked while open. */
+const HIDDEN = /^\.fuse_hidden[0-9a-f]{16}$/
+const XATTR_CREATE = 1
+const O_ACCMODE = 3
+const XATTR_REPLACE = 2
+/** Cached path → inode entries before the cache is dropped wholesale. */
+const PATH_CACHE_MAX = 200_000
+
+function split (path: string): { parent: string, name: string } {
+  const i = path.lastIndexOf('/')
+  return { parent: i <= 0 ? '/' : path.slice(0, i), name: path.slice(i + 1) }
+}
+
+const bytes = (s: string): Buffer => Buffer.from(s, 'latin1')
+
+export function toStat (a: Attr): FuseStat {
+  return {
+    mode: a.mode, uid: a.uid, gid: a.gid, size: a.size, nlink: a.nlink, ino: a.ino, rdev: a.rdev,
+    blksize: 4096, blocks: a.blocks, atime: a.atime, mtime: a.mtime, ctime: a.ctime, dev: 0
+  }
+}
+
+export class FuseAdapter {
+  readonly mountpoint: string
+  private readonly vol: StrataVolume
+  private readonly log: FuseLogger
+  private readonly init: FuseAdapterInit
+  private readonly paths = new Map<string, number>()
+  /** Files libfuse "hid" because they were unlinked while open: path → inode. */
+  private readonly hidden = new Map<string, number>()
+  private fuse: Fuse | undefined
+
+  constructor (components: { volume: StrataVolume, logger: FuseLogger }, init: FuseAdapterInit) {
+    this.vol = components.volume
+    this.log = components.logger
+    this.init = init
+    this.mountpoint = init.mountpoint
+  }
+
+  // ---- paths -----------------------------------------------------------------------------
+
+  private async ino (path: string | null): Promise<number> {
+    if (path === null) throw Object.assign(new Error('no path'), { name: 'FsError', code: 'ENOENT' })
+    if (path === '/') return ROOT_INO
+    const hit = this.paths.get(path) ?? this.hidden.get(path)
+    if (hit !== undefined) return hit
+    const { parent, name } = split(path)
+    const attr = await this.vol.lookup(await this.ino(parent), bytes(name))
+    if (this.paths.size >= PATH_CACHE_MAX) this.paths.clear()
+    this.paths.set(path, attr.ino)
+    return attr.ino
+  }
+
+  /** Forget a path and everything below it. */
+  private forget (path: string): void {
+    this.paths.delete(path)
+    const prefix = path + '/'
+    for (const p of this.paths.keys()) if (p.startsWith(prefix)) this.paths.delete(p)
+  }
+
+  /** Drop every cached path (remote changes from sync arrive this way). */
+  invalidate (): void {
+    this.paths.clear()
+  }
+
+  private async parentOf (path: string | null): Promise<{ parent: number, name: Buffer, path: string }> {
+    if (path === null || path === '/') throw Object.assign(new Error('no parent'), { name: 'FsError', code: path === null ? 'ENOENT' : 'EINVAL' })
+    const { parent, name } = split(path)
+    return { parent: await this.ino(parent), name: bytes(name), path }
+  }
+
+  // ---- the bridge ------------------------------------------------------------------------
+
+  /** Run an op and answer its callback exactly once, with a value or a mapped errno. */
+  private answer<T> (op: string, path: string | null, cb: (err: number, value?: T) => void, fn: () => Promise<T>): void {
+    fn().then(value => { cb(0, value) }, (err: unknown) => {
+      const { errno, log } = toErrno(err)
+      if (log) this.log.error('%s %s failed (%s): %e', op, path === null ? '(unlinked file)' : path, errnoName(errno), err)
+      cb(errno)
+    })
+  }
+
+  /** read/write answer a byte count (or a negative errno) in the error position. */
+  private answerCount (op: string, path: string | null, cb: (n: number) => void, fn: () => Promise<number>): void {
+    fn().then(n => { cb(n) }, (err: unknown) => {
+      const { errno, log } = toErrno(err)
+      if (log) this.log.error('%s %s failed (%s): %e', op, path === null ? '(unlinked file)' : path, errnoName(errno), err)
+      cb(errno)
+    })
+  }
+
+  ops (): FuseOps {
+    const vol = this.vol
+    const caller = (c: FuseCaller): { uid: number, gid: number } => ({ uid: c.uid, gid: c.gid })
+    return {
+      init: cb => { cb(0) },
+      access: (path, _mode, cb) => { this.answer('access', path, cb, async () => { await vol.getattr(await this.ino(path)) }) },
+      statfs: (path, cb) => {
+        this.answer('statfs', path, cb, async () => {
+          const s = await vol.statfs()
+          return { bsize: s.bsize, frsize: s.frsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0x5374726174, flag: 0, namemax: s.namemax }
+        })
+      },
+      getattr: (path, cb) => { this.answer('getattr', path, cb, async () => toStat(await vol.getattr(await this.ino(path)))) },
+      fgetattr: (path, fd, cb) => { this.answer('fgetattr', path, cb, async () => toStat(await vol.getattr(vol.handleIno(fd)))) },
+      readdir: (path, cb) => { this.answerDir(path, cb) },
+      opendir: (path, _flags, cb) => { this.answer('opendir', path, cb, async () => { await vol.readdir(await this.ino(path)); return 0 }) },
+      releasedir: (_path, _fd, cb) => { cb(0) },
+      fsyncdir: (path, _datasync, _fd, cb) => { this.answer('fsyncdir', path, cb, async () => { await vol.syncMetadata() }) },
+      mkdir: (path, mode, cb, c) => {
+        this.answer('mkdir', path, cb, async () => {
+          const { parent, name } = await this.parentOf(path)
+          const a = await vol.mkdir(parent, name, { mode, ...caller(c) })
+          if (path !== null) this.paths.set(path, a.ino)
+        })
+      },
+      rmdir: (path, cb) => {
+        this.answer('rmdir', path, cb, async () => {
+          const { parent, name } = await this.parentOf(path)
+          await vol.rmdir(parent, name)
+          if (path !== null) this.forget(path)
+        })
+      },
+      create: (path, mode, cb, c) => {
+        this.answer('create', path, cb, async () => {
+          const { parent, name } = await this.parentOf(path)
+          const { attr, fh } = await vol.create(parent, name, { mode, ...caller(c) })
+          if (path !== null) this.paths.set(path, attr.ino)
+          return fh
+        })
+      },
+      mknod: (path, mode, dev, cb, c) => {
+        this.answer('mknod', path, cb, async () => {
+          const { parent, name } = await this.parentOf(path)
+          const a = await vol.mknod(parent, name, { mode, rdev: dev, ...caller(c) })
+          if (path !== null) this.paths.set(path, a.ino)
+        })
+      },
+      open: (path, flags, cb) => {
+        this.answer('open', path, cb, async () => {
+          const acc = flags & O_ACCMODE
+          return await vol.open(await this.ino(path), {
+            write: acc === C.O_WRONLY || acc === C.O_RDWR,
+            truncate: (flags & C.O_TRUNC) !== 0,
+            append: (flags & C.O_APPEND) !== 0
+          })
+        })
+      },
+      read: (path, fd, buf, len, pos, cb) => {
+        this.answerCount('read', path, cb, async () => {
+          const data = await vol.read(fd, pos, len)
+          data.copy(buf, 0, 0, data.length)
+          return data.length
+        })
+      },
+      write: (path, fd, buf, len, pos, cb) => {
+        // buf is libfuse memory, valid until cb: the volume copies it before the promise settles.
+        this.answerCount('write', path, cb, async () => await vol.write(fd, pos, buf.subarray(0, len)))
+      },
+      flush: (path, fd, cb) => { this.answer('flush', path, cb, async () => { await vol.flush(fd) }) },
+      fsync: (path, datasync, fd, cb) => { this.answer('fsync', path, cb, async () => { await vol.fsync(fd, datasync !== 0) }) },
+      release: (path, fd, cb) => { this.answer('release', path, cb, async () => { await vol.release(fd) }) },
+      truncate: (path, size, cb) => { this.answer('truncate', path, cb, async () => { await vol.truncate(await this.ino(path), size) }) },
+      ftruncate: (path, fd, size, cb) => { this.answer('ftruncate', path, cb, async () => { await vol.truncate(vol.handleIno(fd), size) }) },
+      unlink: (path, cb) => {
+        this.answer('unlink', path, cb, async () => {
+          // libfuse removing a file it hid: the volume unlinked it already (see rename).
+          if (path !== null && this.hidden.delete(path)) return
+          const { parent, name } = await this.parentOf(path)
+          await vol.unlink(parent, name)
+          if (path !== null) this.forget(path)
+        })
+      },
+      rename: (src, dest, cb) => {
+        this.answer('rename', src, cb, async () => {
+          if (dest !== null && HIDDEN.test(split(dest).name)) {
+            // libfuse2 renames a file unlinked while open to ".fuse_hidden…" and unlinks that at
+            // release. We unlink it in the volume now instead: it lives on, nameless, through
+            // its handles (fstat works, nlink is 0), is never listed, and is purged at release.
+            const ino = await this.ino(src)
+            const s = await this.parentOf(src)
+            await vol.unlink(s.parent, s.name)
+            this.forget(s.path)
+            this.hidden.set(dest, ino)
+            return
+          }
+          const s = await this.parentOf(src)
+          const d = await this.parentOf(dest)
+          await vol.rename(s.parent, s.name, d.parent, d.name)
+          this.forget(s.path)
+          this.forget(d.path)
+        })
+      },
+      link: (src, dest, cb) => {
+        this.answer('link', dest, cb, async () => {
+          const ino = await this.ino(src)
+          const d = await this.parentOf(dest)
+          await vol.link(ino, d.parent, d.name)
+          this.paths.set(d.path, ino)
+        })
+      },
+      symlink: (src, dest, cb, c) => {
+        this.answer('symlink', dest, cb, async () => {
+          if (src === null) throw Object.assign(new Error('no target'), { name: 'FsError', code: 'EINVAL' })
+          const d = await this.parentOf(dest)
+          const a = await vol.symlink(d.parent, d.name, bytes(src), caller(c))
+          this.paths.set(d.path, a.ino)
+        })
+      },
+      readlink: (path, cb) => { this.answer('readlink', path, cb, async () => await vol.readlink(await this.ino(path))) },
+      chmod: (path, mode, cb) => { this.answer('chmod', path, cb, async () => { await vol.setattr(await this.ino(path), { mode }) }) },
+      chown: (path, uid, gid, cb) => {
+        this.answer('chown', path, cb, async () => {
+          // (uid_t)-1 / (gid_t)-1 mean "leave unchanged".
+          await vol.setattr(await this.ino(path), { uid: uid === 0xffffffff || uid === -1 ? undefined : uid, gid: gid === 0xffffffff || gid === -1 ? undefined : gid })
+        })
+      },
+      utimens: (path, atime, mtime, cb) => {
+        this.answer('utimens', path, cb, async () => {
+          const t = (x: FuseUtime): bigint | 'now' | undefined => x === 'omit' ? undefined : x
+          await vol.setattr(await this.ino(path), { atime: t(atime), mtime: t(mtime) })
+        })
+      },
+      setxattr: (path, name, value, _position, flags, cb) => {
+        this.answer('setxattr', path, cb, async () => {
+          refuseAcl(name)
+          const f = (flags & XATTR_CREATE) !== 0 ? 'create' : (flags & XATTR_REPLACE) !== 0 ? 'replace' : undefined
+          await vol.setxattr(await this.ino(path), name, Buffer.from(value), f)
+        })
+      },
+      getxattr: (path, name, _position, cb) => {
+        this.answer('getxattr', path, cb, async () => {
+          refuseAcl(name)
+          return await vol.getxattr(await this.ino(path), name)
+        })
+      },
+      listxattr: (path, cb) => { this.answer('listxattr', path, cb, async () => await vol.listxattr(await this.ino(path))) },
+      removexattr: (path, name, cb) => {
+        this.answer('removexattr', path, cb, async () => {
+          refuseAcl(name)
+          await vol.removexattr(await this.ino(path), name)
+        })
+      }
+    }
+  }
+
+  private answerDir (path: string | null, cb: (err: number, names?: Array<string | Uint8Array>, stats?: FuseStat[]) => void): void {
+    (async () => {
+      const ino = await this.ino(path)
+      const attr = await this.vol.getattr(ino)
+      const entries = await this.vol.readdir(ino)
+      const names: Uint8Array[] = [Buffer.from('.'), Buffer.from('..')]
+      // d_ino 0 entries are skipped by glibc: ".." of the root names the root itself.
+      const parentIno = ino === ROOT_INO ? ROOT_INO : await this.vol.parentIno(ino)
+      const stats: FuseStat[] = [{ mode: attr.mode, ino }, { mode: C.S_IFDIR, ino: parentIno }]
+      for (const e of entries) {
+        names.push(e.name)
+        stats.push({ mode: TYPE_BITS[e.type], ino: e.ino })
+      }
+      return { names, stats }
+    })().then(({ names, stats }) => { cb(0, names, stats) }, (err: unknown) => {
+      const { errno, log } = toErrno(err)
+      if (log) this.log.error('readdir %s failed (%s): %e', path ?? '', errnoName(errno), err)
+      cb(errno)
+    })
+  }
+
+  fuseOptions (): FuseOptions {
+    return {
+      useIno: true,
+      // hard_remove would lose fstat() on unlinked open files (libfuse2 answers ENOENT itself):
+      // the hide-rename is turned into a real unlink instead (see rename).
+      hardRemove: false,
+      bigWrites: true,
+      maxWrite: 128 * 1024,
+      maxRead: 128 * 1024,
+      // libfuse2 gives each name of a hard-linked file its own kernel inode and cannot tell the
+      // kernel to refresh the others: only uncached attributes show a link count change at once.
+      attrTimeout: this.init.attrTimeout ?? 0,
+      entryTimeout: this.init.entryTimeout ?? 1,
+      negativeTimeout: 0,
+      defaultPermissions: true,
+      allowOther: this.init.allowOther ?? true,
+      fsname: 'strata',
+      subtype: 'strata',
+      debug: this.init.debug === true,
+      // FUSE ops must answer before fuse-native's timeout; a stalled token answers ETIMEDOUT.
+      timeout: 30_000
+    }
+  }
+
+  async mount (): Promise<void> {
+    const Fuse = loadFuseNative()
+    const fuse = new Fuse(this.mountpoint, this.ops(), this.fuseOptions())
+    await new Promise<void>((resolve, reject) => {
+      fuse.mount(err => { if (err !== null) reject(err); else resolve() })
+    })
+    this.fuse = fuse
+  }
+
+  async unmount (): Promise<void> {
+    const fuse = this.fuse
+    if (fuse === undefined) return
+    await new Promise<void>((resolve, reject) => {
+      fuse.unmount(err => { if (err !== null) reject(err); else resolve() })
+    })
+    this.fuse = undefined
+  }
+}
+
+/**
+ * POSIX ACLs are not supported: stored as plain data they would be ignored by permission checks
+ * and `sed -i` (which copies the ACL, not the mode) would lose a file's mode. EOPNOTSUPP makes
+ * libacl fall back to chmod.
+ */
+function refuseAcl (name: string): void {
+  if (name === 'system.posix_acl_access' || name === 'system.posix_acl_default') {
+    throw Object.assign(new Error('POSIX ACLs are not supported'), { name: 'FsError', code: 'ENOTSUP' })
+  }
+}
+
+function errnoName (errno: number): string {
+  for (const [k, v] of Object.entries(E)) if (v === -errno) return k
+  return String(errno)
+}
