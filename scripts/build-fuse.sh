@@ -21,7 +21,7 @@ die () { echo "build-fuse: $*" >&2; exit 1; }
 # --- prerequisites, each naming the Debian package that provides it ----------------
 command -v pkg-config >/dev/null || die "pkg-config not found: apt-get install pkg-config"
 pkg-config --exists fuse || die "libfuse2 headers not found (pkg-config fuse): apt-get install libfuse-dev"
-ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || die "libfuse.so.2 not found: apt-get install libfuse2"
+ldconfig -p 2>/dev/null | grep -c 'libfuse\.so\.2' >/dev/null || die "libfuse.so.2 not found: apt-get install libfuse2"
 command -v fusermount >/dev/null || [[ -x /bin/fusermount ]] || die "fusermount not found: apt-get install fuse"
 command -v cc >/dev/null || die "no C compiler: apt-get install build-essential"
 command -v make >/dev/null || die "make not found: apt-get install build-essential"

@@ -821,10 +821,17 @@ export class StrataVolume implements Volume {
         const b = Math.floor((off + pos) / bs)
         const inBlock = (off + pos) - b * bs
         const n = Math.min(src.length - pos, bs - inBlock)
-        await this.writeBlock(inode, st, b, inBlock, src.subarray(pos, pos + n))
+        // The size grows before the block can start sealing: a seal commits only blocks below EOF.
+        const before = inode.size
+        if (off + pos + n > inode.size) inode.size = off + pos + n
+        try {
+          await this.writeBlock(inode, st, b, inBlock, src.subarray(pos, pos + n))
+        } catch (err) {
+          inode.size = Math.max(before, off + pos) // only what was written counts
+          throw err
+        }
         pos += n
       }
-      if (off + src.length > inode.size) inode.size = off + src.length
       const t = nowNs()
       inode.mtime = t; inode.ctime = t; inode.version++
     })
@@ -847,7 +854,8 @@ export class StrataVolume implements Volume {
       const entry = await this.manifestEntry(inode, st, b)
       const keep = entry === undefined ? 0 : Math.min(entry.len, Math.max(0, inode.size - b * bs))
       const covers = start === 0 && end >= keep
-      d = { buf: Buffer.alloc(capacity(Math.max(end, covers ? 0 : keep), bs)), len: 0, since: Date.now() }
+      // Unzeroed: only [0, len) is ever read, and gaps below a write are zeroed explicitly.
+      d = { buf: Buffer.allocUnsafeSlow(capacity(Math.max(end, covers ? 0 : keep), bs)), len: 0, since: Date.now() }
       if (entry !== undefined && keep > 0 && !covers) {
         const plain = await this.blockPlaintext(inode.ns, entry.id)
         plain.copy(d.buf, 0, 0, keep)
@@ -857,7 +865,7 @@ export class StrataVolume implements Volume {
       this.dirtyBytes += d.buf.length
     }
     if (end > d.buf.length) {
-      const grown = Buffer.alloc(capacity(end, bs))
+      const grown = Buffer.allocUnsafeSlow(capacity(end, bs))
       d.buf.copy(grown, 0, 0, d.len)
       this.dirtyBytes += grown.length - d.buf.length
       d.buf = grown
