@@ -11,6 +11,7 @@ import { ControlServer, socketPath, writeDaemonInfo, readDaemonInfo, removeDaemo
 import { mountAt, isStale, fusermountU } from './mounts.js'
 import { createLogger, type Logger } from './logger.js'
 import { FuseAdapter } from '../fs/fuse/adapter.js'
+import { loadFuseNative } from '../fs/fuse/native/fuse-native.js'
 import { fsck, rotateNek } from '../fs/volume/index.js'
 
 export class DaemonError extends Error {
@@ -20,6 +21,24 @@ export class DaemonError extends Error {
     this.name = 'DaemonError'
     this.code = code
   }
+}
+
+/** FUSE must be usable before anything is opened: name the Debian package that is missing. */
+async function checkFuse (): Promise<void> {
+  const missing = (what: string, pkg: string): DaemonError =>
+    new DaemonError('ERR_FUSE_MISSING', `${what} (on Debian: apt-get install ${pkg}, then npm run setup)`)
+  if (!await exists('/dev/fuse')) throw missing('/dev/fuse does not exist: the kernel FUSE module is not available', 'fuse')
+  if (!await exists('/bin/fusermount') && !await exists('/usr/bin/fusermount')) throw missing('fusermount is not installed', 'fuse')
+  if (!await exists('/lib/x86_64-linux-gnu/libfuse.so.2') && !await exists('/usr/lib/x86_64-linux-gnu/libfuse.so.2') && !await exists('/lib/libfuse.so.2')) throw missing('libfuse2 is not installed', 'libfuse2')
+  try {
+    loadFuseNative()
+  } catch (err) {
+    throw missing(`the FUSE binding cannot be loaded (${(err as Error).message.split('\n')[0] ?? ''})`, 'libfuse2 libfuse-dev')
+  }
+}
+
+async function exists (p: string): Promise<boolean> {
+  try { await stat(p); return true } catch { return false }
 }
 
 /** Where mount points are registered (mount point → data dir), so `unmount` needs only the path. */
@@ -105,9 +124,15 @@ export class Daemon {
     if (running !== undefined && running.pid !== process.pid) {
       throw new DaemonError('ERR_VOLUME_BUSY', `the volume in ${dataDir} is already mounted at ${running.mountpoint} by strata daemon pid ${running.pid}`)
     }
+    await checkFuse()
     this.mountpoint = await prepareMountpoint(this.options.mountpoint, this.log)
     try {
-      this.strata = await openStrata({ dataDir, pinEnv: this.options.pinEnv })
+      const volLog = createLogger({ trace: process.env.STRATA_TRACE === '1' }).forComponent('fs:volume')
+      this.strata = await openStrata({
+        dataDir,
+        pinEnv: this.options.pinEnv,
+        volume: { onBackgroundError: (what, err) => { volLog.error('background %s failed (data kept, retried later): %e', what, err) } }
+      })
     } catch (err) {
       if ((err as { code?: string }).code === 'LEVEL_DATABASE_NOT_OPEN' && /lock/i.test(String((err as { cause?: Error }).cause?.message))) {
         throw new DaemonError('ERR_VOLUME_BUSY', `the volume in ${dataDir} is in use by another strata process`)

@@ -878,7 +878,7 @@ export class StrataVolume implements Volume {
 
   private sealInBackground (inode: Inode, st: FileState, b: number): void {
     const p = this.sealBlock(inode, st, b)
-    if (p !== undefined) this.track(p)
+    if (p !== undefined) this.track(p.catch(err => { this.onBackgroundError(`seal of inode ${inode.ino} block ${b}`, err as Error); throw err }))
   }
 
   /** Writers wait here while too many blocks are being sealed (bounds memory held by seals). */
