@@ -180,6 +180,12 @@ const deadline = setTimeout(() => {
 }, DEADLINE_MS)
 deadline.unref()
 
+/** A function that runs once; later calls share the first call's promise. */
+function once (fn: () => Promise<void>): () => Promise<void> {
+  let p: Promise<void> | undefined
+  return async () => { p ??= fn(); await p }
+}
+
 // ---- daemon sampling ------------------------------------------------------------------------
 
 interface Sampler { pid: number, peakKb: number, phasePeakKb: number, stop: () => void }
@@ -220,14 +226,14 @@ async function mountStrata (base: string): Promise<Mounted> {
   await mkdir(mnt)
   await run(process.execPath, [STRATA_BIN, 'init', '--data', data], { timeoutMs: 120_000 })
   let pid = 0
-  const unmount = async (): Promise<void> => {
+  const unmount = once(async (): Promise<void> => {
     if (await mounted(mnt)) {
       const r = await run(process.execPath, [STRATA_BIN, 'unmount', mnt], { timeoutMs: 180_000, allowFail: true }).catch((err: Error) => ({ code: -1, stderr: err.message }))
       if (r.code !== 0) log(`strata unmount failed: ${r.stderr.trim()}`)
     }
     if (pid > 0 && !(await waitExit(pid, 30_000))) await stopPid(pid, 'strata daemon')
     await lazyUnmount(mnt)
-  }
+  })
   cleanups.push({ what: 'strata unmount', fn: unmount })
   await run(process.execPath, [STRATA_BIN, 'mount', mnt, '--data', data], { timeoutMs: 180_000 })
   pid = (JSON.parse(await readFile(join(data, 'daemon.json'), 'utf8')) as { pid: number }).pid
@@ -244,11 +250,11 @@ async function mountGocryptfs (base: string): Promise<Mounted> {
   // -fg: the mount is served by this very child, whose pid we own.
   const child = spawn('gocryptfs', ['-fg', '-q', '-extpass', 'echo pw', cipher, mnt], { stdio: ['ignore', 'inherit', 'inherit'] })
   const pid = child.pid ?? 0
-  const unmount = async (): Promise<void> => {
+  const unmount = once(async (): Promise<void> => {
     if (await mounted(mnt)) await run('fusermount', ['-u', mnt], { timeoutMs: 60_000, allowFail: true }).catch(() => {})
     if (pid > 0 && !(await waitExit(pid, 30_000))) await stopPid(pid, 'gocryptfs')
     await lazyUnmount(mnt)
-  }
+  })
   cleanups.push({ what: 'gocryptfs unmount', fn: unmount })
   const end = Date.now() + 30_000
   while (!(await mounted(mnt))) {
@@ -263,11 +269,11 @@ async function mountNoop (base: string): Promise<Mounted> {
   await mkdir(mnt)
   const child = spawn(process.execPath, [NOOP_JS, mnt, JSON.stringify(noopOpts)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
   const pid = child.pid ?? 0
-  const unmount = async (): Promise<void> => {
+  const unmount = once(async (): Promise<void> => {
     if (child.connected) child.send({ cmd: 'unmount' })
     if (pid > 0 && !(await waitExit(pid, 15_000))) await stopPid(pid, 'no-op filesystem')
     await lazyUnmount(mnt)
-  }
+  })
   cleanups.push({ what: 'noop unmount', fn: unmount })
   const ready = await new Promise<{ ready?: boolean, error?: string, options?: unknown }>((resolve) => {
     const timer = setTimeout(() => { resolve({ error: 'not mounted within 30 s' }) }, 30_000)

@@ -75,6 +75,8 @@ interface FileState {
   lock: Mutex
   /** A background seal failed: reported by the next flush/fsync of the file. */
   error?: Error
+  /** The inode version last written by this file's seals (sealFile skips rewriting it). */
+  persistedVersion?: number
 }
 
 interface Handle { ino: number, write: boolean, append: boolean }
@@ -993,8 +995,10 @@ export class StrataVolume implements Volume {
       inode.stored += padded
       ops.push({ type: 'put', key: mkey, value: await this.meta.seal(ns, mkey, encodeManifest(entry)) })
       ops.push(...await refs.ops())
+      const version = inode.version
       if (this.inodes.get(inode.ino) === inode && inode.nlink > 0) ops.push(await this.inodeOp(inode))
       await this.meta.write(ops)
+      st.persistedVersion = version
       st.manifest.set(b, entry)
       freed = refs.freed.length > 0
     })
@@ -1023,8 +1027,13 @@ export class StrataVolume implements Volume {
       st.error = undefined
       throw err
     }
-    if (st.dirty.size === 0 && this.inodes.get(ino) === inode && inode.nlink > 0) {
-      await this.lock.run(async () => { await this.meta.write([await this.inodeOp(inode)]) })
+    // The inode as it is now, unless a seal's commit already stored exactly this version.
+    if (st.dirty.size === 0 && this.inodes.get(ino) === inode && inode.nlink > 0 && st.persistedVersion !== inode.version) {
+      await this.lock.run(async () => {
+        const version = inode.version
+        await this.meta.write([await this.inodeOp(inode)])
+        st.persistedVersion = version
+      })
     }
   }
 
