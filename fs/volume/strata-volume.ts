@@ -141,7 +141,7 @@ export class StrataVolume implements Volume {
     this.rootNamespace = header.rootNamespace
     this.pool = new CryptoPool({ threads: init.cryptoThreads })
     this.cache = new BlockCache(init.cacheBytes ?? 32 * 1024 * 1024)
-    this.dirtyLimit = init.dirtyLimit ?? 64 * 1024 * 1024
+    this.dirtyLimit = init.dirtyLimit ?? 32 * 1024 * 1024
     this.sealAfterMs = init.sealAfterMs ?? 2000
     this.maxSeals = init.maxSeals ?? 2 * this.pool.threads + 2
     this.timer = setInterval(() => { this.track(this.sealAged()) }, Math.max(50, Math.min(1000, this.sealAfterMs / 2)))
@@ -617,6 +617,7 @@ export class StrataVolume implements Volume {
       if (flags === 'create' && exists) throw new FsError('EEXIST', 'xattr exists')
       if (flags === 'replace' && !exists) throw new FsError('ENODATA', 'no such xattr')
       this.touch(inode, {})
+      this.noXattrs.delete(ino)
       await this.meta.write([
         { type: 'put', key, value: await this.meta.seal(inode.ns, key, encodeXattr({ name, value: Buffer.from(value) })) },
         await this.inodeOp(inode)
@@ -624,8 +625,23 @@ export class StrataVolume implements Volume {
     })
   }
 
+  /**
+   * Inodes known to have no extended attributes: the kernel asks for `security.capability`
+   * before every write, and this answers without a database lookup.
+   */
+  private readonly noXattrs = new Set<number>()
+
+  private async hasXattrs (ino: number): Promise<boolean> {
+    if (this.noXattrs.has(ino)) return false
+    for await (const _ of this.meta.meta.keys({ gte: K.xattrPrefix(ino), lt: K.xattrPrefix(ino) + '\xff', limit: 1 })) return true
+    if (this.noXattrs.size > 100_000) this.noXattrs.clear()
+    this.noXattrs.add(ino)
+    return false
+  }
+
   async getxattr (ino: number, name: string): Promise<Buffer> {
     const inode = await this.getInode(ino)
+    if (!await this.hasXattrs(ino)) throw NO_XATTR
     const key = await this.xattrKey(inode, name)
     const rec = await this.meta.get(key)
     if (rec === undefined) throw new FsError('ENODATA', 'no such xattr')
@@ -1253,6 +1269,9 @@ export class StrataVolume implements Volume {
   /** Internal: hex of an inode number as used in record keys. */
   static hexIno = hexIno
 }
+
+/** Shared: answering "no such attribute" is the common case and needs no stack trace. */
+const NO_XATTR = Object.freeze(new FsError('ENODATA', 'no such xattr'))
 
 function validBlockSize (n: unknown): n is number {
   return typeof n === 'number' && Number.isInteger(n) && Number.isInteger(Math.log2(n)) && n >= 64 * 1024 && n <= 4 * 1024 * 1024
