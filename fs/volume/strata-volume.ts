@@ -641,7 +641,7 @@ export class StrataVolume implements Volume {
 
   async getxattr (ino: number, name: string): Promise<Buffer> {
     const inode = await this.getInode(ino)
-    if (!await this.hasXattrs(ino)) throw NO_XATTR
+    if (!await this.hasXattrs(ino)) throw new FsError('ENODATA', 'no such xattr')
     const key = await this.xattrKey(inode, name)
     const rec = await this.meta.get(key)
     if (rec === undefined) throw new FsError('ENODATA', 'no such xattr')
@@ -1269,9 +1269,6 @@ export class StrataVolume implements Volume {
   /** Internal: hex of an inode number as used in record keys. */
   static hexIno = hexIno
 }
-
-/** Shared: answering "no such attribute" is the common case and needs no stack trace. */
-const NO_XATTR = Object.freeze(new FsError('ENODATA', 'no such xattr'))
 
 function validBlockSize (n: unknown): n is number {
   return typeof n === 'number' && Number.isInteger(n) && Number.isInteger(Math.log2(n)) && n >= 64 * 1024 && n <= 4 * 1024 * 1024
