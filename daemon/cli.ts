@@ -12,7 +12,7 @@ import { realpath } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import { EXIT } from './exit-codes.js'
 import { initStrata, openStrata, readConfig, type Strata } from './strata.js'
-import { readDaemonInfo, request } from './control.js'
+import { readDaemonInfo, request, processAlive } from './control.js'
 import { Daemon, registeredDataDir } from './daemon.js'
 import { mountAt, isStale, fusermountU } from './mounts.js'
 import { fsck, rotateNek, ROOT_INO, type FsckReport } from '../fs/volume/index.js'
@@ -133,7 +133,7 @@ async function mountBackground (dataDir: string, mountpoint: string): Promise<nu
 async function waitForExit (pid: number, ms: number): Promise<boolean> {
   const end = Date.now() + ms
   while (Date.now() < end) {
-    try { process.kill(pid, 0) } catch { return true }
+    if (!await processAlive(pid)) return true
     await new Promise(resolve => setTimeout(resolve, 50))
   }
   return false
@@ -223,10 +223,19 @@ async function main (argv: string[]): Promise<number> {
       const dir = values.data !== undefined ? dataDir : (await registeredDataDir(mountpoint)) ?? dataDir
       const info = await readDaemonInfo(dir)
       if (info !== undefined && info.mountpoint === mountpoint) {
-        await request(info.socket, 'unmount', { lazy: values.lazy === true })
+        try {
+          await request(info.socket, 'unmount', { lazy: values.lazy === true })
+        } catch (err) {
+          // The daemon died between our check and the request: treat it as a stale mount below.
+          const code = (err as { code?: string }).code
+          if (code !== 'ECONNREFUSED' && code !== 'ENOENT' && code !== 'ERR_DAEMON_GONE') throw err
+          await waitForExit(info.pid, 5_000)
+        }
         if (!await waitForExit(info.pid, 120_000)) throw Object.assign(new Error(`the daemon (pid ${info.pid}) did not exit within 120 s`), { code: 'ERR_UNMOUNT' })
-        console.log(`unmounted ${mountpoint}`)
-        return EXIT.OK
+        if (await mountAt(mountpoint) === undefined) {
+          console.log(`unmounted ${mountpoint}`)
+          return EXIT.OK
+        }
       }
       const m = await mountAt(mountpoint)
       if (m !== undefined && m.fstype.startsWith('fuse') && await isStale(mountpoint)) {

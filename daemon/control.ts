@@ -151,12 +151,22 @@ export async function readDaemonInfo (dataDir: string): Promise<DaemonInfo | und
     return undefined
   }
   if (typeof info.pid !== 'number' || typeof info.socket !== 'string') return undefined
+  return await processAlive(info.pid) ? info : undefined
+}
+
+/** A process that exists and is not a zombie (killed but not yet reaped counts as dead). */
+export async function processAlive (pid: number): Promise<boolean> {
   try {
-    process.kill(info.pid, 0)
+    process.kill(pid, 0)
   } catch {
-    return undefined
+    return false
   }
-  return info
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z'
+  } catch {
+    return false
+  }
 }
 
 export async function removeDaemonInfo (dataDir: string): Promise<void> {

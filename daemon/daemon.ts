@@ -155,7 +155,7 @@ export class Daemon {
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
       process.on(sig, () => {
         this.log('%s: unmounting %s', sig, this.mountpoint)
-        this.stop({ lazy: true }).catch(err => { this.log.error('stop failed: %e', err) })
+        this.stop({ lazy: true }).catch(err => { this.failStop(err as Error) })
       })
     }
     this.log('mounted %s at %s (pid %d)', dataDir, this.mountpoint, process.pid)
@@ -188,10 +188,20 @@ export class Daemon {
     await adapter.unmount().catch(() => {})
   }
 
+  /**
+   * The mount is gone but closing failed (e.g. dirty data could not be sealed on a full disk):
+   * say so, leave no records claiming a live daemon, and exit non-zero rather than linger.
+   */
+  private failStop (err: Error): void {
+    this.log.error('stop failed, exiting: %e', err)
+    Promise.allSettled([removeDaemonInfo(this.options.dataDir), unregister(this.mountpoint)]).finally(() => { process.exit(1) })
+  }
+
   private async shutdown (): Promise<void> {
     await this.control?.close()
-    await this.strata?.close()
+    const strata = this.strata
     this.strata = undefined
+    await strata?.close()
     await removeDaemonInfo(this.options.dataDir)
     await unregister(this.mountpoint)
     this.log('stopped: %s unmounted, volume closed', this.mountpoint)
@@ -225,7 +235,7 @@ export class Daemon {
       unmount: async (args) => {
         // Detach now (a busy mount is an error answer), answer, then seal and close.
         await this.detach({ lazy: args.lazy === true })
-        setImmediate(() => { this.stop().catch(err => { this.log.error('stop failed: %e', err) }) })
+        setImmediate(() => { this.stop().catch(err => { this.failStop(err as Error) }) })
         return { mountpoint: this.mountpoint }
       },
       team: async (args) => {

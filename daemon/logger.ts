@@ -18,7 +18,9 @@ export interface ComponentLogger { forComponent: (name: string) => Logger }
 
 export function createLogger (options: { prefix?: string, trace?: boolean, write?: (line: string) => void } = {}): ComponentLogger {
   const prefix = options.prefix ?? 'strata'
-  const write = options.write ?? ((line: string) => { process.stderr.write(line) })
+  // A log that cannot be written (its disk is full) must never take the daemon down.
+  process.stderr.on('error', () => {})
+  const write = options.write ?? ((line: string) => { try { process.stderr.write(line) } catch {} })
   const emit = (level: string, name: string, fmt: string, args: unknown[]): void => {
     write(`${new Date().toISOString()} ${level} ${prefix}:${name} ${format(fmt.replace(/%e/g, '%s'), ...args.map(a => a instanceof Error ? `${a.name}: ${a.message}` : a))}\n`)
   }

@@ -10,7 +10,7 @@
  * after it). Deleted blocks leave dead bytes; compact() copies the live ones of mostly-dead
  * segments to the head and removes those segments.
  */
-import { open, readdir, mkdir, unlink, stat, type FileHandle } from 'node:fs/promises'
+import { open, readdir, mkdir, unlink, stat, statfs, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { BlockCorruptError, IntegrityError } from '../errors.js'
 import { blockIdMatches } from '../crypto/block-crypto.js'
@@ -19,6 +19,12 @@ import { syncDb, type BlockStore, type Sublevel } from './types.js'
 const MAGIC = Buffer.from('SBK1')
 const HEADER = 4 + 4 + 32
 const DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024
+/**
+ * Space block appends leave free on the data dir's file system, so that LevelDB (metadata,
+ * deletes) can always write its log: on a full disk, writers get ENOSPC while unlink still works
+ * and frees space. (LevelDB that hits ENOSPC itself refuses every write until it is reopened.)
+ */
+const DEFAULT_RESERVE_BYTES = 32 * 1024 * 1024
 
 interface Location { seg: number, offset: number, len: number }
 
@@ -58,11 +64,15 @@ export class LogBlockStore implements BlockStore {
   /** Segments compaction removed; their handles stay readable until close(). */
   private readonly retired: Segment[] = []
   private compacting: Promise<{ reclaimedBytes: number }> | undefined
+  private readonly reserveBytes: number
+  /** Free bytes last measured, minus what was appended since; re-measured every second. */
+  private free = { bytes: Infinity, at: 0 }
 
-  constructor (components: { index: Sublevel }, init: { dir: string, segmentBytes?: number }) {
+  constructor (components: { index: Sublevel }, init: { dir: string, segmentBytes?: number, reserveBytes?: number }) {
     this.index = components.index
     this.dir = init.dir
     this.segmentBytes = init.segmentBytes ?? DEFAULT_SEGMENT_BYTES
+    this.reserveBytes = init.reserveBytes ?? DEFAULT_RESERVE_BYTES
   }
 
   /** Open the segment files and account live bytes from the index. Idempotent. */
@@ -123,8 +133,22 @@ export class LogBlockStore implements BlockStore {
     await this.index.put(hex, encodeLoc(loc))
   }
 
+  private async checkSpace (n: number, useReserve: boolean): Promise<void> {
+    const reserve = useReserve ? 0 : this.reserveBytes
+    if (Date.now() - this.free.at > 1000 || this.free.bytes - n < reserve) {
+      const s = await statfs(this.dir)
+      this.free = { bytes: s.bavail * s.bsize, at: Date.now() }
+    }
+    if (this.free.bytes - n < reserve) {
+      throw Object.assign(new Error(`no space left on device: the block store keeps ${this.reserveBytes >> 20} MiB free for metadata`), { code: 'ENOSPC' })
+    }
+    this.free.bytes -= n
+  }
+
   /** Write a record at the head; the caller indexes it. */
-  private async append (id: Uint8Array, bytes: Uint8Array): Promise<Location> {
+  private async append (id: Uint8Array, bytes: Uint8Array, options: { useReserve?: boolean } = {}): Promise<Location> {
+    // Compaction may use the reserve: each copy lets it free a whole segment.
+    await this.checkSpace(HEADER + bytes.length, options.useReserve === true)
     const header = Buffer.allocUnsafe(HEADER)
     MAGIC.copy(header, 0); header.writeUInt32BE(bytes.length, 4); Buffer.from(id).copy(header, 8)
     const { seg, offset } = await this.reserve(HEADER + bytes.length)
@@ -221,6 +245,12 @@ export class LogBlockStore implements BlockStore {
   }
 
   private async _compact (ratio: number): Promise<{ reclaimedBytes: number }> {
+    // A mostly dead head segment (a big file written, then deleted) is rolled so it can go too.
+    const head = this.active
+    if (head !== undefined && head.pending === 0 && this.rolling === undefined && head.size > 0 && head.live < head.size * ratio) {
+      this.rolling = this.createSegment(head.n + 1)
+      try { this.active = await this.rolling } finally { this.rolling = undefined }
+    }
     const victims = [...this.segments.values()].filter(s => s !== this.active && s.pending === 0 && s.live < s.size * ratio)
     if (victims.length === 0) return { reclaimedBytes: 0 }
     const byVictim = new Set(victims.map(v => v.n))
@@ -230,7 +260,7 @@ export class LogBlockStore implements BlockStore {
       if (!byVictim.has(from.seg)) continue
       const bytes = await this.get(Buffer.from(hex, 'hex'), { verify: true }).catch(() => undefined)
       if (bytes === undefined) return { reclaimedBytes: 0 } // corrupt: leave the segment for fsck to report
-      moves.push({ hex, from, to: await this.append(Buffer.from(hex, 'hex'), bytes) })
+      moves.push({ hex, from, to: await this.append(Buffer.from(hex, 'hex'), bytes, { useReserve: true }) })
     }
     await this.sync()
     for (const { hex, from, to } of moves) {
@@ -250,6 +280,15 @@ export class LogBlockStore implements BlockStore {
       this.retired.push(seg)
       await unlink(join(this.dir, `seg-${String(seg.n).padStart(8, '0')}.log`))
     }
+    // The space returns only when the handle closes. Readers that looked the block up before the
+    // switch get a grace period; one that is later still finds the new place (get() retries).
+    const t = setTimeout(() => {
+      for (const seg of victims) {
+        const i = this.retired.indexOf(seg)
+        if (i >= 0) { this.retired.splice(i, 1); seg.fh.close().catch(() => {}) }
+      }
+    }, 2000)
+    t.unref()
     return { reclaimedBytes: reclaimed }
   }
 

@@ -26,6 +26,7 @@ export async function run (cmd: string, args: string[], options: { cwd?: string,
     child.stderr.setEncoding('utf8').on('data', d => { stderr += d })
     const timer = setTimeout(() => { child.kill('SIGKILL') }, options.timeout ?? 300_000)
     child.on('close', code => { clearTimeout(timer); resolve({ stdout, stderr, code: code ?? -1 }) })
+    child.stdin.on('error', () => {}) // a child that exits at once closes its stdin: EPIPE
     child.stdin.end(options.input ?? '')
   })
 }
