@@ -25,6 +25,11 @@ const DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024
  * and frees space. (LevelDB that hits ENOSPC itself refuses every write until it is reopened.)
  */
 const DEFAULT_RESERVE_BYTES = 32 * 1024 * 1024
+/**
+ * Start a background datasync after this many appended bytes (RocksDB's bytes_per_sync): the
+ * disk writes while the next blocks are encrypted, instead of everything at the final fsync.
+ */
+const BYTES_PER_SYNC = 32 * 1024 * 1024
 
 interface Location { seg: number, offset: number, len: number }
 
@@ -67,6 +72,7 @@ export class LogBlockStore implements BlockStore {
   private readonly reserveBytes: number
   /** Free bytes last measured, minus what was appended since; re-measured every second. */
   private free = { bytes: Infinity, at: 0 }
+  private unsynced = 0
 
   constructor (components: { index: Sublevel }, init: { dir: string, segmentBytes?: number, reserveBytes?: number }) {
     this.index = components.index
@@ -158,6 +164,11 @@ export class LogBlockStore implements BlockStore {
       seg.live += HEADER + bytes.length
     } finally {
       seg.pending--
+    }
+    this.unsynced += HEADER + bytes.length
+    if (this.unsynced >= BYTES_PER_SYNC) {
+      this.unsynced = 0
+      this.sync().catch(() => {}) // a failure is reported by the next sync() a caller awaits
     }
     return { seg: seg.n, offset: offset + HEADER, len: bytes.length }
   }

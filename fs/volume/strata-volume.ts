@@ -34,6 +34,8 @@ import {
 
 export const DEFAULT_BLOCK_SIZE = 1024 * 1024
 const S_ISGID = 0o2000
+/** Blocks read ahead of a sequential reader. */
+const READ_AHEAD = 2
 const FORMAT = 1
 
 export interface VolumeComponents {
@@ -790,9 +792,10 @@ export class StrataVolume implements Volume {
       parts.push(this.readBlockInto(inode, st, b, from, to, out, bStart + from - offset))
     }
     await Promise.all(parts)
-    // Read ahead when a read ends in the second half of a block that the file continues past.
+    // Read ahead when a read ends in the second half of a block that the file continues past:
+    // enough blocks to keep every crypto worker busy.
     if (end < inode.size && (end % bs) > bs / 2 && st !== undefined) {
-      for (const b of [last + 1, last + 2]) {
+      for (let b = last + 1; b <= last + READ_AHEAD; b++) {
         if (b * bs >= inode.size) break
         this.track(this.prefetch(inode, st, b))
       }
