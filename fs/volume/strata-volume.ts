@@ -792,9 +792,10 @@ export class StrataVolume implements Volume {
       parts.push(this.readBlockInto(inode, st, b, from, to, out, bStart + from - offset))
     }
     await Promise.all(parts)
-    // Read ahead when a read ends in the second half of a block that the file continues past:
-    // enough blocks to keep every crypto worker busy.
-    if (end < inode.size && (end % bs) > bs / 2 && st !== undefined) {
+    // Read ahead when a read ends in the second half of a block (or at its end) and the file
+    // continues: enough blocks to keep every crypto worker busy.
+    const tail = end % bs // 0: the read ended exactly at a block boundary (an aligned reader)
+    if (end < inode.size && (tail === 0 || tail > bs / 2) && st !== undefined) {
       for (let b = last + 1; b <= last + READ_AHEAD; b++) {
         if (b * bs >= inode.size) break
         this.track(this.prefetch(inode, st, b))
