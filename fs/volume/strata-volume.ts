@@ -35,7 +35,7 @@ import {
 export const DEFAULT_BLOCK_SIZE = 1024 * 1024
 const S_ISGID = 0o2000
 /** Blocks read ahead of a sequential reader. */
-const READ_AHEAD = 2
+const READ_AHEAD = 4
 const FORMAT = 1
 
 export interface VolumeComponents {
