@@ -23,6 +23,8 @@ interface Teardownable { teardown: (fn: () => void | Promise<void>) => void }
 let shared: { dir: string, conf: string, users: number } | undefined
 let counter = 0
 
+const leftovers = new Set<string>()
+
 function tokenDir (): { dir: string, conf: string } {
   if (shared === undefined) {
     const dir = mkdtempSync(join(tmpdir(), 'strata-hsm-'))
@@ -31,8 +33,9 @@ function tokenDir (): { dir: string, conf: string } {
     writeFileSync(conf, `directories.tokendir = ${join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\n`)
     process.env.SOFTHSM2_CONF = conf
     shared = { dir, conf, users: 0 }
-    // Fallback if the process ends before a teardown ran.
-    process.once('exit', () => { rmSync(dir, { recursive: true, force: true }) })
+    // Fallback if the process ends before a teardown ran (one listener for every dir made).
+    if (leftovers.size === 0) process.once('exit', () => { for (const d of leftovers) rmSync(d, { recursive: true, force: true }) })
+    leftovers.add(dir)
   }
   return shared
 }
