@@ -63,7 +63,3 @@ export class VolumeFormatError extends Error {
     this.name = 'VolumeFormatError'
   }
 }
-
-export function fsError (code: PosixCode, message: string): FsError {
-  return new FsError(code, message)
-}

@@ -24,7 +24,7 @@ import { MetaStore, type BatchOp } from './meta-store.js'
 import { RefBatch, bekAad, getBlockKey } from './block-keys.js'
 import { toName, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './names.js'
 import {
-  K, hexIno, decodeInode, encodeInode, decodeDirent, encodeDirent, decodeManifest, encodeManifest,
+  K, decodeInode, encodeInode, decodeDirent, encodeDirent, decodeManifest, encodeManifest,
   decodeXattr, encodeXattr, type Header, type Inode, type Dirent, type ManifestEntry
 } from './records.js'
 import {
@@ -1265,13 +1265,6 @@ export class StrataVolume implements Volume {
     return await this.lock.run(fn)
   }
 
-  /** Internal, for fsck: every inode number with a record. */
-  async * inodeNumbers (): AsyncIterable<number> {
-    for await (const key of this.meta.meta.keys({ gte: 'i/', lt: 'i/\xff' })) yield parseInt(key.slice(2), 16)
-  }
-
-  /** Internal: hex of an inode number as used in record keys. */
-  static hexIno = hexIno
 }
 
 function validBlockSize (n: unknown): n is number {
