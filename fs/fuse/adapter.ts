@@ -86,9 +86,10 @@ export class FuseAdapter {
     return attr.ino
   }
 
-  /** Forget a path and everything below it. */
-  private forget (path: string): void {
+  /** Forget a path, and for a directory everything below it (only directories have paths below). */
+  private forget (path: string, isDir: boolean): void {
     this.paths.delete(path)
+    if (!isDir) return
     const prefix = path + '/'
     for (const p of this.paths.keys()) if (p.startsWith(prefix)) this.paths.delete(p)
   }
@@ -106,22 +107,21 @@ export class FuseAdapter {
 
   // ---- the bridge ------------------------------------------------------------------------
 
+  /** The errno for a failed op; integrity and unexpected failures get a log line naming the path. */
+  private fail (op: string, path: string | null, err: unknown): number {
+    const { errno, log } = toErrno(err)
+    if (log) this.log.error('%s %s failed (%s): %e', op, path === null ? '(unlinked file)' : path, errnoName(errno), err)
+    return errno
+  }
+
   /** Run an op and answer its callback exactly once, with a value or a mapped errno. */
   private answer<T> (op: string, path: string | null, cb: (err: number, value?: T) => void, fn: () => Promise<T>): void {
-    fn().then(value => { cb(0, value) }, (err: unknown) => {
-      const { errno, log } = toErrno(err)
-      if (log) this.log.error('%s %s failed (%s): %e', op, path === null ? '(unlinked file)' : path, errnoName(errno), err)
-      cb(errno)
-    })
+    fn().then(value => { cb(0, value) }, (err: unknown) => { cb(this.fail(op, path, err)) })
   }
 
   /** read/write answer a byte count (or a negative errno) in the error position. */
   private answerCount (op: string, path: string | null, cb: (n: number) => void, fn: () => Promise<number>): void {
-    fn().then(n => { cb(n) }, (err: unknown) => {
-      const { errno, log } = toErrno(err)
-      if (log) this.log.error('%s %s failed (%s): %e', op, path === null ? '(unlinked file)' : path, errnoName(errno), err)
-      cb(errno)
-    })
+    fn().then(n => { cb(n) }, (err: unknown) => { cb(this.fail(op, path, err)) })
   }
 
   ops (): FuseOps {
@@ -153,7 +153,7 @@ export class FuseAdapter {
         this.answer('rmdir', path, cb, async () => {
           const { parent, name } = await this.parentOf(path)
           await vol.rmdir(parent, name)
-          if (path !== null) this.forget(path)
+          if (path !== null) this.forget(path, true)
         })
       },
       create: (path, mode, cb, c) => {
@@ -203,7 +203,7 @@ export class FuseAdapter {
           if (path !== null && this.hidden.delete(path)) return
           const { parent, name } = await this.parentOf(path)
           await vol.unlink(parent, name)
-          if (path !== null) this.forget(path)
+          if (path !== null) this.forget(path, false)
         })
       },
       rename: (src, dest, cb) => {
@@ -215,15 +215,16 @@ export class FuseAdapter {
             const ino = await this.ino(src)
             const s = await this.parentOf(src)
             await vol.unlink(s.parent, s.name)
-            this.forget(s.path)
+            this.forget(s.path, false)
             this.hidden.set(dest, ino)
             return
           }
           const s = await this.parentOf(src)
           const d = await this.parentOf(dest)
+          const isDir = (await vol.getattr(await this.ino(s.path))).type === 'dir'
           await vol.rename(s.parent, s.name, d.parent, d.name)
-          this.forget(s.path)
-          this.forget(d.path)
+          this.forget(s.path, isDir)
+          this.forget(d.path, isDir) // a directory can only replace a directory
         })
       },
       link: (src, dest, cb) => {
@@ -293,11 +294,7 @@ export class FuseAdapter {
         stats.push({ mode: TYPE_BITS[e.type], ino: e.ino })
       }
       return { names, stats }
-    })().then(({ names, stats }) => { cb(0, names, stats) }, (err: unknown) => {
-      const { errno, log } = toErrno(err)
-      if (log) this.log.error('readdir %s failed (%s): %e', path ?? '', errnoName(errno), err)
-      cb(errno)
-    })
+    })().then(({ names, stats }) => { cb(0, names, stats) }, (err: unknown) => { cb(this.fail('readdir', path, err)) })
   }
 
   fuseOptions (): FuseOptions {
