@@ -1,7 +1,7 @@
 /** The strata CLI: clear one-line errors with named exit codes for bad input. */
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, statSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, statSync, mkdirSync, existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { EXIT } from '../daemon/exit-codes.js'
@@ -40,9 +40,18 @@ t.test('a missing or foreign data dir exits 3', async t => {
   r = run(['status', '--data', join(root, 'x')])
   t.equal(r.code, EXIT.DATA_DIR)
   t.match(r.err, /not a Strata configuration of a supported format/)
-  writeFileSync(join(root, 'foreign-file'), 'x')
-  r = run(['init', '--data', foreign, '--block-size', '12345'])
+  // init refuses a directory that already holds other files, and leaves them alone.
+  mkdirSync(foreign)
+  writeFileSync(join(foreign, 'theirs.txt'), 'not ours')
+  r = run(['init', '--data', foreign])
+  t.equal(r.code, EXIT.DATA_DIR)
+  t.match(r.err, /is not empty/)
+  t.equal(readFileSync(join(foreign, 'theirs.txt'), 'utf8'), 'not ours', 'nothing of theirs touched')
+  // and a bad block size is refused without leaving anything behind
+  r = run(['init', '--data', join(root, 'bs'), '--block-size', '12345'])
   t.not(r.code, EXIT.OK)
+  t.match(r.err, /block size 12345/)
+  t.notOk(existsSync(join(root, 'bs')), 'a failed init leaves no directory behind')
 })
 
 t.test('init, demo, fsck; a wrong PIN exits 4 and names the PIN', async t => {
