@@ -112,3 +112,17 @@ export class HsmClosedError extends HsmError {
     super(`${what} is closed`, 'ERR_HSM_CLOSED', options)
   }
 }
+
+/** Enrolment cannot proceed in this state (no enrolment key pair, the token already holds a TEK, a TEK rotation is running, ...). */
+export class EnrolmentStateError extends HsmError {
+  constructor (detail: string, options?: ErrorOptions) {
+    super(`enrolment refused: ${detail}`, 'ERR_ENROLMENT_STATE', options)
+  }
+}
+
+/** A blob sealed by the device vault is malformed, was tampered with, or was sealed with another key or context. */
+export class SealedDataError extends HsmError {
+  constructor (detail: string, options?: ErrorOptions) {
+    super(`sealed data cannot be opened: ${detail}`, 'ERR_SEALED_DATA', options)
+  }
+}
