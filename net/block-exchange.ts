@@ -1,0 +1,216 @@
+// net/block-exchange.ts: protocol '/strata/blocks/1': serve blocks from the local BlockStore and
+// fetch missing ones from peers, verifying every block's SHA-256 before it is stored.
+import './shim.js'
+import { TypedEventEmitter, type ComponentLogger, type Connection, type Logger, type PeerId, type Stream } from '@libp2p/interface'
+import { defaultLogger } from '@libp2p/logger'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { BlockStore } from '../fs/store/index.js'
+import {
+  BLOCKS_MAX_INBOUND_STREAMS, BLOCKS_MAX_OUTBOUND_STREAMS, BLOCKS_PROTOCOL, DEFAULT_MAX_BLOCK_BYTES,
+  DEFAULT_MAX_IN_FLIGHT_PER_PEER, DEFAULT_REQUEST_TIMEOUT_MS
+} from './constants.js'
+import { InvalidParametersError, NotStartedError, PeerNotAllowedError } from './errors.js'
+import { MAX_REQUEST_BYTES, STATUS_BLOCK, STATUS_MISSING, checkBlockId, decodeRequest, encodeReply } from './block-messages.js'
+import { FetchSession, type FetchResult } from './block-fetch.js'
+import { FrameReader, writeFrame } from './wire.js'
+import type { AllowPeer, StrataNode } from './node.js'
+
+export type { FetchResult }
+
+export interface BlockExchangeComponents {
+  node: StrataNode
+  store: BlockStore
+  /** Checked again for every request served (defense in depth behind the connection gater). */
+  allowPeer: AllowPeer
+  logger?: ComponentLogger
+}
+
+export interface BlockExchangeInit {
+  /** Ids requested from one peer and not yet answered, at most (default 16). */
+  maxInFlightPerPeer?: number
+  /** Largest block accepted or served (default 4 MiB + 64 KiB). */
+  maxBlockBytes?: number
+  /** Time a peer has for each reply (default 30 s). */
+  requestTimeoutMs?: number
+}
+
+export interface FetchOptions {
+  /** Peer ids (strings) to fetch from; ids are spread across them. */
+  peers: string[]
+  signal?: AbortSignal
+}
+
+export interface BlockExchangeStats {
+  /** Bytes of blocks received intact and stored. */
+  bytesReceived: number
+  /** Bytes of blocks served. */
+  bytesSent: number
+  blocksReceived: number
+  blocksSent: number
+  /** Blocks that did not match their id, per fetch attempt. */
+  tampered: number
+  /** Inbound streams aborted for malformed or oversized input or a refused peer. */
+  badStreams: number
+}
+
+export interface TamperedEventDetail { peer: string, id: Uint8Array }
+
+export interface BlockExchangeEvents {
+  tampered: CustomEvent<TamperedEventDetail>
+}
+
+export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
+  private readonly node: StrataNode
+  private readonly store: BlockStore
+  private readonly allowPeer: AllowPeer
+  private readonly log: Logger
+  private readonly maxInFlightPerPeer: number
+  private readonly maxBlockBytes: number
+  private readonly requestTimeoutMs: number
+  private readonly counters: BlockExchangeStats = { bytesReceived: 0, bytesSent: 0, blocksReceived: 0, blocksSent: 0, tampered: 0, badStreams: 0 }
+  private controller: AbortController | undefined
+  private starting: Promise<void> | undefined
+  private stopping: Promise<void> | undefined
+
+  constructor (components: BlockExchangeComponents, init: BlockExchangeInit = {}) {
+    super()
+    if (typeof components?.allowPeer !== 'function') throw new InvalidParametersError('allowPeer is required')
+    this.node = components.node
+    this.store = components.store
+    this.allowPeer = components.allowPeer
+    this.log = (components.logger ?? defaultLogger()).forComponent('net:blocks')
+    this.maxInFlightPerPeer = intIn(init.maxInFlightPerPeer ?? DEFAULT_MAX_IN_FLIGHT_PER_PEER, 1, 1024, 'maxInFlightPerPeer')
+    this.maxBlockBytes = intIn(init.maxBlockBytes ?? DEFAULT_MAX_BLOCK_BYTES, 1, 64 * 1024 * 1024, 'maxBlockBytes')
+    this.requestTimeoutMs = intIn(init.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS, 1, 3_600_000, 'requestTimeoutMs')
+  }
+
+  /** Register the protocol handler. Idempotent. */
+  async start (): Promise<void> {
+    this.starting ??= (async () => {
+      this.stopping = undefined
+      this.controller = new AbortController()
+      await this.node.handle(BLOCKS_PROTOCOL, (stream, connection) => this.serve(stream, connection), {
+        maxInboundStreams: BLOCKS_MAX_INBOUND_STREAMS,
+        maxOutboundStreams: BLOCKS_MAX_OUTBOUND_STREAMS
+      })
+    })()
+    await this.starting
+  }
+
+  /** Unregister the handler and abort in-flight serving and fetching. Idempotent. */
+  async stop (): Promise<void> {
+    if (this.starting == null) return
+    this.stopping ??= (async () => {
+      await this.starting?.catch(() => {})
+      this.controller?.abort(new NotStartedError('block exchange stopped'))
+      await this.node.unhandle(BLOCKS_PROTOCOL).catch(err => { this.log.error('unhandle failed - %e', err) })
+      this.starting = undefined
+    })()
+    await this.stopping
+  }
+
+  stats (): BlockExchangeStats {
+    return { ...this.counters }
+  }
+
+  /**
+   * Fetch the blocks with these ids from these peers into the store. Ids already present are
+   * skipped without touching the network; every block is verified (SHA-256 = id) and stored as it
+   * arrives, so an interrupted fetch resumes where it stopped. A block a peer answers as missing,
+   * or tampered with, is requested from another peer. Resolves with what happened; rejects on
+   * abort or on a local store failure.
+   */
+  async fetch (ids: Uint8Array[], options: FetchOptions): Promise<FetchResult> {
+    if (!Array.isArray(ids)) throw new InvalidParametersError('ids must be an array')
+    for (const id of ids) checkBlockId(id)
+    if (options == null || !Array.isArray(options.peers)) throw new InvalidParametersError('options.peers must be a list of peer ids')
+    const self = this.node.peerId.toString()
+    const peers = new Map<string, PeerId>()
+    for (const p of options.peers) {
+      let id: PeerId
+      try { id = peerIdFromString(p) } catch (err) { throw new InvalidParametersError(`not a peer id: ${String(p)}`, { cause: err }) }
+      if (id.toString() !== self) peers.set(id.toString(), id)
+    }
+    if (this.controller == null || this.starting == null) throw new NotStartedError('block exchange not started')
+    return await this._fetch(ids, [...peers.values()], options.signal)
+  }
+
+  protected async _fetch (ids: Uint8Array[], peers: PeerId[], signal?: AbortSignal): Promise<FetchResult> {
+    const stopSignal = (this.controller as AbortController).signal
+    const session = new FetchSession({
+      node: this.node,
+      store: this.store,
+      log: this.log,
+      maxInFlightPerPeer: this.maxInFlightPerPeer,
+      maxBlockBytes: this.maxBlockBytes,
+      requestTimeoutMs: this.requestTimeoutMs,
+      onBlock: (_peer, bytes) => { this.counters.blocksReceived++; this.counters.bytesReceived += bytes },
+      onTampered: (peer, id) => {
+        this.counters.tampered++
+        this.log.error('peer %s served a tampered copy of block %s', peer, Buffer.from(id).toString('hex'))
+        this.safeDispatchEvent('tampered', { detail: { peer, id } })
+      }
+    }, signal != null ? AbortSignal.any([signal, stopSignal]) : stopSignal)
+    return await session.run(ids, peers)
+  }
+
+  /** Serve one inbound stream: requests in, one reply per id out, in order. */
+  private async serve (stream: Stream, connection: Connection): Promise<void> {
+    const reader = new FrameReader(stream, { maxMessageBytes: MAX_REQUEST_BYTES })
+    const peer = connection.remotePeer.toString()
+    const signal = this.controller?.signal ?? AbortSignal.abort()
+    try {
+      while (true) {
+        if (!this.allowed(peer)) throw new PeerNotAllowedError(`peer ${peer} is not allowed`)
+        const msg = await reader.read({ signal })
+        if (msg == null) break
+        for (const id of decodeRequest(msg)) {
+          if (!this.allowed(peer)) throw new PeerNotAllowedError(`peer ${peer} is not allowed`)
+          const bytes = await this.readBlock(id)
+          if (bytes == null) {
+            await writeFrame(stream, encodeReply({ status: STATUS_MISSING, id }), { signal })
+          } else {
+            await writeFrame(stream, encodeReply({ status: STATUS_BLOCK, id, bytes }), { signal })
+            this.counters.blocksSent++
+            this.counters.bytesSent += bytes.byteLength
+          }
+        }
+      }
+      await stream.close({ signal: AbortSignal.any([signal, AbortSignal.timeout(this.requestTimeoutMs)]) })
+    } catch (err: any) {
+      if (!signal.aborted) {
+        this.counters.badStreams++
+        this.log.error('aborting blocks stream from %s - %e', peer, err)
+      }
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      reader.detach()
+    }
+  }
+
+  /** The block if present, intact and within the size limit; otherwise undefined (answered MISSING). */
+  private async readBlock (id: Uint8Array): Promise<Uint8Array | undefined> {
+    try {
+      const bytes = await this.store.get(id)
+      if (bytes == null || bytes.byteLength === 0 || bytes.byteLength > this.maxBlockBytes) return undefined
+      return bytes
+    } catch (err) {
+      this.log.error('cannot serve block %s - %e', Buffer.from(id).toString('hex'), err)
+      return undefined
+    }
+  }
+
+  private allowed (peer: string): boolean {
+    try { return this.allowPeer(peer) === true } catch { return false }
+  }
+}
+
+/** libp2p-style factory: `blockExchange(init)(components)`. */
+export function blockExchange (init: BlockExchangeInit = {}): (components: BlockExchangeComponents) => BlockExchange {
+  return components => new BlockExchange(components, init)
+}
+
+function intIn (n: number, min: number, max: number, name: string): number {
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidParametersError(`${name} must be an integer in ${min}..${max}`)
+  return n
+}
