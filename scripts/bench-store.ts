@@ -4,18 +4,31 @@
  *
  *   write: 1 GiB of random data through StrataVolume.write in 1 MiB calls until every block is
  *          sealed and stored (flush); also reported until durable (fsync), which this disk bounds.
+ *          Random 1 MiB blocks, each stamped distinct (no dedup).
  *   read:  the same file read back in 1 MiB calls after reopening the volume (cold block and NEK
  *          caches; the OS page cache is left as it is: the ceiling is in-memory too).
  *   ceiling: node:crypto AES-256-GCM + SHA-256 of the ciphertext over the same 1 MiB buffers on
- *          one thread: what the volume must do per byte at the least. Measured right before each
- *          phase (this VM's speed drifts); each ratio is against its neighbour, the printed
- *          ceiling is their mean.
+ *          one thread (256 KiB update() slices): what the volume must do per byte at the least.
+ *          It runs in a child process of this run (copies of the same buffers), one slice at a
+ *          time while this process waits: in-process its speed depended on the allocator history
+ *          of the code under test, so the child gets glibc's best setting for this loop instead
+ *          (MALLOC_TOP_PAD_, see startCeiling).
+ *          This VM's single-thread speed drifts a lot (the same loop gives 230–960 MB/s minutes
+ *          apart) and the machine is shared, so the ceiling is measured in short slices (32 MiB)
+ *          interleaved with each phase: the phase runs in SEGMENTS parts, and a slice is taken
+ *          before the first part and after each one, while the volume is idle, so our own work
+ *          never competes with a slice: a write part ends with a flush (timed: "sealed and
+ *          stored"), then an fsync (timed only into "durable") so the kernel's writeback is
+ *          over; a read part's read-ahead is given 50 ms to finish; the workers get 500 ms to
+ *          start after the volume opens. A phase's ceiling is the median of its slices and its
+ *          ratio is taken against that; the printed ceiling is the mean of the two phases'.
  *   nek: 10,000 one-block files across 3 namespaces, read back in random bursts from cold.
  *
  * Options: --mib N (default 1024), --store log|level (default log), --compare (also time the
  * other block store's write path on 256 MiB).
  */
 import { createCipheriv, createHash, randomBytes, randomInt } from 'node:crypto'
+import { fork, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -30,7 +43,9 @@ if (!Number.isInteger(totalMib) || totalMib < 16) throw new Error('--mib must be
 const storeKind = (values.store ?? 'log') as 'log' | 'level'
 if (storeKind !== 'log' && storeKind !== 'level') throw new Error('--store must be log or level')
 
-const root = mkdtempSync(join(tmpdir(), 'strata-bench-'))
+/** Set in the child process that measures the ceiling (see the header). */
+const CEILING_CHILD = process.env.STRATA_BENCH_CEILING === 'child'
+const root = CEILING_CHILD ? '' : mkdtempSync(join(tmpdir(), 'strata-bench-'))
 let peakRss = 0
 const sampler = setInterval(() => { peakRss = Math.max(peakRss, process.memoryUsage.rss()) }, 50)
 const mbps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000)
@@ -59,28 +74,107 @@ function ceiling (mib: number): number {
   return mbps(mib * MIB, performance.now() - t0)
 }
 
-/** MB/s until every block is sealed and stored (flush), and until it is durable (fsync). */
-async function writeFile (s: Strata, name: string, mib: number): Promise<{ sealed: number, durable: number }> {
-  const t0 = performance.now()
-  const { fh } = await s.vol.create(ROOT_INO, name)
-  for (let i = 0; i < mib; i++) await s.vol.write(fh, i * MIB, block(i))
-  await s.vol.flush(fh)
-  const t1 = performance.now()
-  await s.vol.fsync(fh)
-  await s.vol.release(fh)
-  return { sealed: mbps(mib * MIB, t1 - t0), durable: mbps(mib * MIB, performance.now() - t0) }
+/**
+ * The ceiling is measured in a child process of this run, over copies of the same buffers: in
+ * this process its speed depended on what the allocator had seen before (the same loop ran at
+ * 800–1000 MB/s after the old code's garbage and at 200–600 MB/s after the pooled code's), which
+ * would bias the ratios. The child runs one slice at a time while this process waits, idle.
+ */
+let child: ChildProcess | undefined
+async function startCeiling (): Promise<void> {
+  // glibc's heap trimming makes node:crypto's per-update() output buffers fault in fresh pages
+  // (measured: 420–530 MB/s, 0.6–0.9 s of kernel time per GB); a 64 MiB top pad keeps them
+  // warm (1,016–1,034 MB/s, no kernel time). The ceiling gets that best case.
+  const env = { ...process.env, STRATA_BENCH_CEILING: 'child', MALLOC_TOP_PAD_: String(64 * MIB) }
+  const c = fork(new URL(import.meta.url), [], { env, execArgv: [] })
+  child = c
+  await new Promise<void>((resolve, reject) => {
+    c.once('error', reject)
+    c.once('message', () => { resolve() })
+    c.send({ buffers: buffers.map(b => b.toString('base64')) })
+  })
+}
+async function ceilingSlice (mib: number): Promise<number> {
+  const c = child
+  if (c === undefined) throw new Error('the ceiling process is not running')
+  return await new Promise<number>((resolve, reject) => {
+    const fail = (err: Error): void => { reject(err) }
+    c.once('error', fail)
+    c.once('message', (m: { mbps: number }) => { c.off('error', fail); resolve(m.mbps) })
+    c.send({ mib })
+  })
+}
+function ceilingChild (): void {
+  process.on('message', (m: { buffers?: string[], mib?: number }) => {
+    if (m.buffers !== undefined) {
+      m.buffers.forEach((b, i) => { Buffer.from(b, 'base64').copy(buffers[i] as Buffer) })
+      ceiling(256) // warm-up: the first pass in a process runs at a third of the speed (JIT, clocks)
+      process.send?.({ ready: true })
+    } else {
+      process.send?.({ mbps: ceiling(m.mib ?? SLICE_MIB) })
+    }
+  })
+  process.on('disconnect', () => { clearInterval(sampler); process.exit(0) })
 }
 
-async function readFile (s: Strata, name: string, mib: number): Promise<number> {
-  const attr = await s.vol.lookup(ROOT_INO, name)
-  const t0 = performance.now()
-  const fh = await s.vol.open(attr.ino)
-  for (let i = 0; i < mib; i++) {
-    const got = await s.vol.read(fh, i * MIB, MIB)
-    if (got.length !== MIB || (i % 97 === 0 && !got.equals(block(i)))) throw new Error(`read back wrong data at MiB ${i}`)
+/** Parts per phase; a ceiling slice is measured before the first and after each. */
+const SEGMENTS = 8
+const SLICE_MIB = 32
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length % 2 === 1 ? s[m] as number : ((s[m - 1] as number) + (s[m] as number)) / 2
+}
+const settle = async (ms = 50): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
+
+interface Phase { mbps: number, ceiling: number, slices: number[] }
+
+/**
+ * Sealed-and-stored write speed (each part ends with a flush, inside its timing) with its
+ * interleaved ceiling, and until durable (one fsync at the end; the disk bounds it).
+ */
+async function writeFile (s: Strata, name: string, mib: number): Promise<Phase & { durable: number }> {
+  const slices = [await ceilingSlice(SLICE_MIB)]
+  const { fh } = await s.vol.create(ROOT_INO, name)
+  let ms = 0
+  let syncMs = 0
+  for (let part = 0; part < SEGMENTS; part++) {
+    const from = Math.floor(mib * part / SEGMENTS)
+    const to = Math.floor(mib * (part + 1) / SEGMENTS)
+    const t0 = performance.now()
+    for (let i = from; i < to; i++) await s.vol.write(fh, i * MIB, block(i))
+    await s.vol.flush(fh)
+    ms += performance.now() - t0
+    // The kernel's writeback of what we wrote would compete with the slice: finish it first
+    // (counted in the durable figure, not in the sealed one).
+    const t1 = performance.now()
+    await s.vol.fsync(fh)
+    syncMs += performance.now() - t1
+    slices.push(await ceilingSlice(SLICE_MIB))
   }
   await s.vol.release(fh)
-  return mbps(mib * MIB, performance.now() - t0)
+  return { mbps: mbps(mib * MIB, ms), ceiling: median(slices), slices, durable: mbps(mib * MIB, ms + syncMs) }
+}
+
+async function readFile (s: Strata, name: string, mib: number): Promise<Phase> {
+  const attr = await s.vol.lookup(ROOT_INO, name)
+  const slices = [await ceilingSlice(SLICE_MIB)]
+  let ms = 0
+  const fh = await s.vol.open(attr.ino)
+  for (let part = 0; part < SEGMENTS; part++) {
+    const from = Math.floor(mib * part / SEGMENTS)
+    const to = Math.floor(mib * (part + 1) / SEGMENTS)
+    const t0 = performance.now()
+    for (let i = from; i < to; i++) {
+      const got = await s.vol.read(fh, i * MIB, MIB)
+      if (got.length !== MIB || (i % 97 === 0 && !got.equals(block(i)))) throw new Error(`read back wrong data at MiB ${i}`)
+    }
+    ms += performance.now() - t0
+    await settle()
+    slices.push(await ceilingSlice(SLICE_MIB))
+  }
+  await s.vol.release(fh)
+  return { mbps: mbps(mib * MIB, ms), ceiling: median(slices), slices }
 }
 
 async function nekBurst (): Promise<{ hits: number, misses: number, tokenCalls: number, rate: number, seconds: number }> {
@@ -118,28 +212,28 @@ async function nekBurst (): Promise<{ hits: number, misses: number, tokenCalls: 
 }
 
 async function main (): Promise<void> {
-  // This VM's single-thread speed drifts between runs (seen: 290–480 MB/s), so the ceiling is
-  // measured right before each phase and each ratio is taken against its neighbour.
   const dataDir = join(root, 'vol')
-  ceiling(256) // warm-up: the first pass in a process runs at a third of the speed (JIT, clocks)
-  // Sampled before each volume opens: its crypto workers start on the same two cores.
-  const ceilW = ceiling(Math.min(totalMib, 512))
+  await startCeiling()
   let s = await initStrata({ dataDir, blockStore: storeKind })
+  await settle(500) // the crypto workers start on the same two cores
   const w = await writeFile(s, 'big.bin', totalMib)
-  const write = w.sealed
   await s.close()
-  const ceilR = ceiling(Math.min(totalMib, 512))
   s = await openStrata({ dataDir })
-  const read = await readFile(s, 'big.bin', totalMib)
+  await settle(500)
+  const r = await readFile(s, 'big.bin', totalMib)
   await s.close()
+  const write = w.mbps
+  const read = r.mbps
+  const ceilW = w.ceiling
+  const ceilR = r.ceiling
   const ceil = (ceilW + ceilR) / 2
   const wRatio = write / ceilW
   const rRatio = read / ceilR
   const rows: string[][] = [['measure', 'MB/s', 'ratio to ceiling']]
-  rows.push(['ceiling before the write (AES-256-GCM + SHA-256, 1 thread)', fmt(ceilW), '1.00'])
+  rows.push([`ceiling during the write (median of ${w.slices.length} slices)`, fmt(ceilW), '1.00'])
   rows.push([`volume write, sealed and stored (${storeKind} block store, ${totalMib} MiB)`, fmt(write), wRatio.toFixed(2)])
   rows.push(['  the same until durable (fsync; the disk bounds it)', fmt(w.durable), (w.durable / ceilW).toFixed(2)])
-  rows.push(['ceiling before the read', fmt(ceilR), '1.00'])
+  rows.push([`ceiling during the read (median of ${r.slices.length} slices)`, fmt(ceilR), '1.00'])
   rows.push(['volume read (cold caches after reopen)', fmt(read), rRatio.toFixed(2)])
   if (values.compare === true) {
     const other = storeKind === 'log' ? 'level' : 'log'
@@ -152,15 +246,21 @@ async function main (): Promise<void> {
   const nek = await nekBurst()
   clearInterval(sampler)
   peakRss = Math.max(peakRss, process.memoryUsage.rss())
-  for (const r of rows) console.log(`${(r[0] as string).padEnd(60)} ${(r[1] as string).padStart(8)} ${(r[2] as string).padStart(8)}`)
+  for (const row of rows) console.log(`${(row[0] as string).padEnd(60)} ${(row[1] as string).padStart(8)} ${(row[2] as string).padStart(8)}`)
   console.log(`nek cache, 10,000 block reads in bursts over 3 namespaces: hits=${nek.hits} misses=${nek.misses} hit_rate=${(nek.rate * 100).toFixed(2)}% token_calls=${nek.tokenCalls} (cache period 60 s, run ${nek.seconds.toFixed(1)} s)`)
+  console.log(`ceiling slices (MB/s): write ${w.slices.map(fmt).join(' ')} | read ${r.slices.map(fmt).join(' ')}`)
   console.log(`peak rss: ${(peakRss / MIB).toFixed(0)} MiB`)
   console.log(`store write=${fmt(write)} read=${fmt(read)} ceiling=${fmt(ceil)} write_ratio=${wRatio.toFixed(2)} read_ratio=${rRatio.toFixed(2)}`)
 }
 
-try {
-  await main()
-} finally {
-  clearInterval(sampler)
-  rmSync(root, { recursive: true, force: true })
+if (CEILING_CHILD) {
+  ceilingChild()
+} else {
+  try {
+    await main()
+  } finally {
+    clearInterval(sampler)
+    child?.disconnect()
+    rmSync(root, { recursive: true, force: true })
+  }
 }

@@ -178,7 +178,11 @@ export class LogBlockStore implements BlockStore {
     return v === undefined ? undefined : decodeLoc(hex, v)
   }
 
-  async get (id: Uint8Array, options: { verify?: boolean } = {}): Promise<Buffer | undefined> {
+  /**
+   * `buffer`: where to read the bytes (a reusable buffer of at least `n` bytes from the caller's
+   * pool: a fresh block-sized buffer is faulted in page by page, see fs/volume/buffer-pool.ts).
+   */
+  async get (id: Uint8Array, options: { verify?: boolean, buffer?: (n: number) => Buffer } = {}): Promise<Buffer | undefined> {
     await this.open()
     const hex = Buffer.from(id).toString('hex')
     let buf: Buffer | undefined
@@ -189,7 +193,8 @@ export class LogBlockStore implements BlockStore {
       const seg = this.segments.get(loc.seg) ?? this.retired.find(r => r.n === loc.seg)
       try {
         if (seg === undefined) throw new BlockCorruptError(hex, `segment ${loc.seg} is missing`)
-        const b = Buffer.allocUnsafeSlow(loc.len)
+        const b = options.buffer?.(loc.len).subarray(0, loc.len) ?? Buffer.allocUnsafeSlow(loc.len)
+        if (b.length !== loc.len) throw new RangeError('block read buffer too small')
         const { bytesRead } = await seg.fh.read(b, 0, loc.len, loc.offset)
         if (bytesRead !== loc.len) throw new BlockCorruptError(hex, 'segment file is truncated')
         buf = b

@@ -17,7 +17,7 @@ export interface BlockStore {
    * The stored bytes, or undefined if absent. Verifies the hash (BlockCorruptError) unless
    * `verify: false`, for callers that verify it themselves off the main thread.
    */
-  get (id: Uint8Array, options?: { verify?: boolean }): Promise<Buffer | undefined>
+  get (id: Uint8Array, options?: { verify?: boolean, /** where to read the bytes (a pooled buffer of at least n bytes) */ buffer?: (n: number) => Buffer }): Promise<Buffer | undefined>
   has (id: Uint8Array): Promise<boolean>
   del (id: Uint8Array): Promise<void>
   /** Every stored id. */

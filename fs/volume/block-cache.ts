@@ -1,9 +1,21 @@
-/** LRU of decrypted block plaintexts by block id, bounded in bytes. In-flight loads are shared. */
+import type { BufferPool } from './buffer-pool.js'
+
+/**
+ * LRU of decrypted block plaintexts by block id, bounded in bytes. In-flight loads are shared.
+ *
+ * Callers copy out of a cached buffer synchronously, in the continuation of the promise that
+ * gave it to them: evicted buffers go back to the pool (when given one) only after the current
+ * macrotask (BufferPool.giveLater), and clear() zeroes them at once.
+ */
 export class BlockCache {
   private readonly map = new Map<string, Promise<Buffer>>()
   private readonly resolved = new Map<string, Buffer>()
   private bytes = 0
-  constructor (private readonly maxBytes: number) {}
+  private readonly pool: BufferPool | undefined
+
+  constructor (private readonly maxBytes: number, components: { pool?: BufferPool } = {}) {
+    this.pool = components.pool
+  }
 
   get (id: string): Promise<Buffer> | undefined {
     const p = this.map.get(id)
@@ -21,7 +33,9 @@ export class BlockCache {
     return p
   }
 
+  /** Cache `buf` (which the cache then owns: it may recycle it once evicted). */
   set (id: string, buf: Buffer): void {
+    if (this.resolved.get(id) === buf) return
     this.delete(id)
     this.map.set(id, Promise.resolve(buf))
     this.account(id, buf)
@@ -29,8 +43,11 @@ export class BlockCache {
 
   delete (id: string): void {
     if (this.map.delete(id)) {
-      this.bytes -= this.resolved.get(id)?.length ?? 0
+      const buf = this.resolved.get(id)
+      if (buf === undefined) return
+      this.bytes -= buf.length
       this.resolved.delete(id)
+      this.pool?.giveLater(buf)
     }
   }
 
@@ -48,5 +65,6 @@ export class BlockCache {
     // Readers copy out of cached buffers synchronously, so zeroing them here is safe.
     for (const b of this.resolved.values()) b.fill(0)
     this.map.clear(); this.resolved.clear(); this.bytes = 0
+    this.pool?.clear()
   }
 }

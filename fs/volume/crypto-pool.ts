@@ -1,13 +1,20 @@
 /**
  * Runs block sealing and opening on worker threads so that bulk crypto uses every core while the
  * main thread serves requests. Small blocks are done inline: a worker round trip costs more.
+ *
+ * Block-sized buffers cross to a worker and back by transfer, never by copy, and are reused
+ * through a BufferPool: a seal sends a pooled copy of the plaintext and a pooled output buffer,
+ * an open sends the stored bytes and a pooled output buffer, and the worker sends both back.
  */
 import { Worker } from 'node:worker_threads'
 import { availableParallelism } from 'node:os'
-import { sealBlock, openBlock, dedupTag, type OpenResult } from '../crypto/block-crypto.js'
+import { sealBlockInto, openBlockInto, BLOCK_OVERHEAD, type OpenResult } from '../crypto/block-crypto.js'
+import { BufferPool } from './buffer-pool.js'
 
 /** Below this plaintext size a block is sealed/opened on the calling thread. */
 const INLINE_LIMIT = 64 * 1024
+/** Pooled buffers when the pool is not told the block size. */
+const DEFAULT_BUFFER_BYTES = 1024 * 1024 + BLOCK_OVERHEAD
 
 export interface SealJob {
   bek: Uint8Array
@@ -21,6 +28,8 @@ export interface SealOutput {
   stored: Buffer
   id: Buffer
   tag: Buffer
+  /** Hand `stored` back for reuse once nothing reads it any more (optional). */
+  release: () => void
 }
 
 interface Pending { resolve: (v: any) => void, reject: (e: Error) => void }
@@ -32,14 +41,23 @@ function owned (b: Uint8Array): Uint8Array {
   return (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) ? b : new Uint8Array(b)
 }
 
+/** A small value in a buffer of its own: cloning a view clones its whole ArrayBuffer. */
+function small (b: Uint8Array): Uint8Array {
+  return new Uint8Array(b)
+}
+
 export class CryptoPool {
   private readonly slots: Slot[] = []
   private nextId = 1
   private closed = false
+  /** Block-sized buffers shared with the volume (write buffers, block cache). */
+  readonly buffers: BufferPool
 
   get threads (): number { return this.slots.length }
 
-  constructor (init: { threads?: number } = {}) {
+  /** `bufferBytes`: the largest stored block (block size + BLOCK_OVERHEAD). */
+  constructor (init: { threads?: number, bufferBytes?: number } = {}) {
+    this.buffers = new BufferPool({ size: init.bufferBytes ?? DEFAULT_BUFFER_BYTES })
     const n = Math.max(0, init.threads ?? availableParallelism())
     for (let i = 0; i < n; i++) this.slots.push(this.spawn())
   }
@@ -87,25 +105,44 @@ export class CryptoPool {
    * never transferred: the caller's buffer (a write buffer) survives any failure.
    */
   async seal (job: SealJob): Promise<SealOutput> {
-    if (this.slots.length === 0 || job.plaintext.length < INLINE_LIMIT) {
-      const s = sealBlock(job.bek, job.plaintext, job.padded, job.aad)
-      return { ...s, tag: dedupTag(job.dedupKey, job.plaintext) }
+    const outBytes = BLOCK_OVERHEAD + job.padded
+    const pool = this.buffers
+    if (this.slots.length === 0 || job.plaintext.length < INLINE_LIMIT || outBytes > pool.size) {
+      const out = pool.buffer(outBytes)
+      const s = sealBlockInto(job.bek, job.plaintext, job.padded, job.aad, out, { dedupKey: job.dedupKey })
+      return { stored: s.stored, id: s.id, tag: s.tag as Buffer, release: () => { pool.give(out.buffer) } }
     }
-    // A memcpy into a buffer we transfer is far cheaper than structured-cloning the view.
-    const copy = new Uint8Array(job.plaintext.length)
-    copy.set(job.plaintext)
-    const r = await this.post<{ stored: Uint8Array, blockId: Uint8Array, tag: Uint8Array }>(
-      { op: 'seal', bek: job.bek, plaintext: copy, padded: job.padded, aad: job.aad, dedupKey: job.dedupKey }, [copy.buffer])
-    return { stored: toBuffer(r.stored), id: toBuffer(r.blockId), tag: toBuffer(r.tag) }
+    // A memcpy into a warm pooled buffer we transfer is far cheaper than structured-cloning the
+    // view or faulting in a fresh one.
+    const plain = new Uint8Array(pool.take(), 0, job.plaintext.length)
+    plain.set(job.plaintext)
+    const out = new Uint8Array(pool.take(), 0, outBytes)
+    const r = await this.post<{ plain?: Uint8Array, out?: Uint8Array, blockId: Uint8Array, tag: Uint8Array }>(
+      { op: 'seal', bek: small(job.bek), plain, padded: job.padded, aad: small(job.aad), dedupKey: small(job.dedupKey), out },
+      [plain.buffer as ArrayBuffer, out.buffer as ArrayBuffer])
+    if (r.plain !== undefined) pool.give(r.plain.buffer)
+    const stored = toBuffer(r.out as Uint8Array)
+    return { stored, id: toBuffer(r.blockId), tag: toBuffer(r.tag), release: () => { pool.give(stored.buffer) } }
   }
 
-  /** Verify hash and tag, then decrypt. The stored buffer is transferred (do not reuse it). */
+  /**
+   * Verify hash and tag, then decrypt. The stored buffer is transferred (do not reuse it). The
+   * plaintext may view a pooled buffer: give it back with `buffers.giveLater` when evicted.
+   */
   async open (bek: Uint8Array, stored: Uint8Array, aad: Uint8Array, id: Uint8Array): Promise<OpenResult> {
-    if (this.slots.length === 0 || stored.length < INLINE_LIMIT) return openBlock(bek, stored, aad, id)
+    const len = stored.length - BLOCK_OVERHEAD
+    const pool = this.buffers
+    if (this.slots.length === 0 || stored.length < INLINE_LIMIT || len > pool.size) {
+      if (len < 0) return { ok: false, problem: 'format' }
+      return openBlockInto(bek, stored, aad, id, pool.buffer(len))
+    }
     const s = owned(stored)
-    const r = await this.post<{ plaintext?: Uint8Array, problem?: 'hash' | 'tag' | 'format' }>(
-      { op: 'open', bek, stored: s, aad, blockId: id }, [s.buffer as ArrayBuffer])
-    if (r.plaintext !== undefined) return { ok: true, plaintext: toBuffer(r.plaintext) }
+    const out = new Uint8Array(pool.take(), 0, len)
+    const r = await this.post<{ stored?: Uint8Array, out?: Uint8Array, ok: boolean, problem?: 'hash' | 'tag' | 'format' }>(
+      { op: 'open', bek: small(bek), stored: s, aad: small(aad), blockId: small(id), out }, [s.buffer as ArrayBuffer, out.buffer as ArrayBuffer])
+    if (r.stored !== undefined) pool.give(r.stored.buffer as ArrayBuffer)
+    if (r.ok && r.out !== undefined) return { ok: true, plaintext: toBuffer(r.out) }
+    if (r.out !== undefined) pool.give(r.out.buffer as ArrayBuffer)
     return { ok: false, problem: r.problem ?? 'format' }
   }
 
@@ -113,6 +150,7 @@ export class CryptoPool {
     if (this.closed) return
     this.closed = true
     const slots = this.slots.splice(0)
+    this.buffers.clear()
     await Promise.all(slots.map(async s => await s.worker.terminate()))
     for (const s of slots) {
       for (const p of s.pending.values()) p.reject(new Error('crypto pool closed'))
