@@ -2,6 +2,7 @@
  * The `strata` command line. Errors are printed as one line naming the problem, with a named
  * exit code (daemon/exit-codes.ts); PINs never come from argv.
  */
+import '../net/shim.js'
 import { parseArgs } from 'node:util'
 import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -16,6 +17,7 @@ import { readDaemonInfo, request, processAlive } from './control.js'
 import { Daemon, registeredDataDir } from './daemon.js'
 import { mountAt, isStale, fusermountU } from './mounts.js'
 import { fsck, rotateNek, ROOT_INO, type FsckReport } from '../fs/volume/index.js'
+import { inviteCommand, joinCommand, devicesCommand, removeDeviceCommand, peerAddCommand, SyncUsageError } from './cli-sync.js'
 
 const USAGE = `usage: strata <command> [options]
 
@@ -29,7 +31,13 @@ commands:
   fsck   [--data DIR] [--repair] [--quick]   verify every block, record and key; report by path
   rotate tek|nek [--data DIR]                rotate the team key or every namespace key
   team   disable|enable|destroy [--data DIR] switch team access off or on, or crypto-shred it
-(status, fsck, rotate and team act on the running daemon when the drive is mounted)
+  invite [--data DIR] [--ttl MINUTES]        a one-time code for a new device (last line of output)
+  join CODE [--data DIR] [--name NAME]       make this device a member: new data dir, its own token
+  devices [--data DIR] [--json]              the team's devices and when each was last seen
+  remove-device ID [--data DIR]              remove a device: every device refuses it from then on
+  peer add MULTIADDR [--data DIR]            connect to a device by address (/ip4/…/tcp/…/p2p/ID)
+(status, fsck, rotate and team act on the running daemon when the drive is mounted; invite,
+ devices, remove-device and peer need it)
 
 options:
   --data DIR   data directory (default: $XDG_DATA_HOME/strata or ~/.local/share/strata)
@@ -161,7 +169,9 @@ async function main (argv: string[]): Promise<number> {
         'block-size': { type: 'string' },
         module: { type: 'string' },
         'token-label': { type: 'string' },
-        'pin-file': { type: 'string' }
+        'pin-file': { type: 'string' },
+        name: { type: 'string' },
+        ttl: { type: 'string' }
       }
     })
   } catch (err) {
@@ -352,6 +362,26 @@ async function main (argv: string[]): Promise<number> {
       }
       return EXIT.OK
     }
+    case 'invite':
+      expectPositionals(0, 'no arguments besides options')
+      await inviteCommand(dataDir, values.ttl)
+      return EXIT.OK
+    case 'join':
+      expectPositionals(1, 'an invite code')
+      await joinCommand(dataDir, positionals[0] as string, values.name, pinEnv)
+      return EXIT.OK
+    case 'devices':
+      expectPositionals(0, 'no arguments besides options')
+      await devicesCommand(dataDir, values.json === true)
+      return EXIT.OK
+    case 'remove-device':
+      expectPositionals(1, 'a device id')
+      await removeDeviceCommand(dataDir, positionals[0] as string)
+      return EXIT.OK
+    case 'peer':
+      if (positionals[0] !== 'add' || positionals.length !== 2) throw new UsageError('strata peer expects "add MULTIADDR"')
+      await peerAddCommand(dataDir, positionals[1] as string)
+      return EXIT.OK
     default:
       throw new UsageError(`unknown command "${command}"`)
   }
@@ -362,7 +392,7 @@ main(process.argv.slice(2)).then(code => {
   // A daemon that stopped may leave FUSE and worker handles behind: leave nothing running.
   if (process.argv[2] === 'mount') setImmediate(() => process.exit(code))
 }, (err: Error & { code?: string }) => {
-  if (err instanceof UsageError) {
+  if (err instanceof UsageError || err instanceof SyncUsageError) {
     console.error(`strata: ${err.message}\n\n${USAGE}`)
     process.exitCode = EXIT.USAGE
     return

@@ -13,6 +13,8 @@ import { createLogger, type Logger } from './logger.js'
 import { FuseAdapter } from '../fs/fuse/adapter.js'
 import { loadFuseNative } from '../fs/fuse/native/fuse-native.js'
 import { fsck, rotateNek } from '../fs/volume/index.js'
+import { SyncNode } from './sync.js'
+import { syncHandlers } from './sync-control.js'
 
 export class DaemonError extends Error {
   readonly code: string
@@ -105,6 +107,7 @@ export interface DaemonOptions {
 
 export class Daemon {
   private strata: Strata | undefined
+  private sync: SyncNode | undefined
   private adapter: FuseAdapter | undefined
   private control: ControlServer | undefined
   private stopping: Promise<void> | undefined
@@ -139,11 +142,22 @@ export class Daemon {
       }
       throw err
     }
+    const syncCfg = this.strata.config.sync ?? {}
+    if (syncCfg.enabled !== false) {
+      // Before the mount: every change made through it is captured for the team's devices.
+      try {
+        this.sync = await SyncNode.start(this.strata, syncCfg, createLogger({ trace: process.env.STRATA_TRACE === '1' }))
+      } catch (err) {
+        await this.strata.close()
+        throw new DaemonError('ERR_SYNC', `cannot start LAN sync: ${(err as Error).message}`)
+      }
+    }
     const fuseLog = createLogger({ trace: process.env.STRATA_TRACE === '1' }).forComponent('fs:fuse')
     this.adapter = new FuseAdapter({ volume: this.strata.vol, logger: fuseLog }, { mountpoint: this.mountpoint })
     try {
       await this.adapter.mount()
     } catch (err) {
+      await this.sync?.stop().catch(() => {})
       await this.strata.close()
       throw new DaemonError('ERR_MOUNT', `cannot mount at ${this.mountpoint}: ${(err as Error).message} (is the "fuse" Debian package installed and /dev/fuse present?)`)
     }
@@ -199,6 +213,9 @@ export class Daemon {
 
   private async shutdown (): Promise<void> {
     await this.control?.close()
+    const sync = this.sync
+    this.sync = undefined
+    await sync?.stop().catch(err => { this.log.error('stopping sync failed: %e', err) })
     const strata = this.strata
     this.strata = undefined
     await strata?.close()
@@ -229,9 +246,14 @@ export class Daemon {
           storedBytes: blocks.bytes,
           diskBytes: blocks.diskBytes,
           nekCache: st.keys.cacheStats(),
-          rssBytes: process.memoryUsage.rss()
+          rssBytes: process.memoryUsage.rss(),
+          sync: this.sync?.status()
         }
       },
+      ...syncHandlers(() => {
+        if (this.sync === undefined) throw new DaemonError('ERR_SYNC_OFF', 'LAN sync is off for this volume (strata.json "sync": { "enabled": false })')
+        return this.sync
+      }, () => s()),
       unmount: async (args) => {
         // Detach now (a busy mount is an error answer), answer, then seal and close.
         await this.detach({ lazy: args.lazy === true })

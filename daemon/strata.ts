@@ -10,13 +10,14 @@
  *   blocks/          append-only block segment files (see fs/store/log-block-store.ts)
  */
 import { randomBytes } from 'node:crypto'
-import { mkdir, readFile, writeFile, access, readdir, chmod, rm } from 'node:fs/promises'
+import { mkdir, readFile, writeFile, access, readdir, chmod, rm, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
 import { Pkcs11Token, KeyHierarchy, readPin, DEFAULT_MODULE, type CustodyFaultHook, type TokenFaults } from '../hsm/index.js'
 import { StrataVolume, resumeRotations, type VolumeInit } from '../fs/volume/index.js'
 import { LogBlockStore, LevelBlockStore, LevelKeyRecordStore, type BlockStore, type Db } from '../fs/store/index.js'
 import { VolumeFormatError } from '../fs/errors.js'
+import type { NamespaceRecord } from '../fs/volume/records.js'
 
 export interface StrataConfigFile {
   format: 1
@@ -29,6 +30,14 @@ export interface StrataConfigFile {
     softhsmConf?: string
   }
   blockStore: 'log' | 'level'
+  /** LAN sync (daemon/sync.ts); absent: on, with defaults. */
+  sync?: {
+    enabled?: boolean
+    listen?: string[]
+    peers?: string[]
+    mdns?: boolean
+    deviceName?: string
+  }
 }
 
 export interface OpenOptions {
@@ -37,6 +46,8 @@ export interface OpenOptions {
   pinEnv?: string
   nekCacheMs?: number
   volume?: Omit<VolumeInit, 'dataDir'>
+  /** Create only: key records to store before the key hierarchy opens (a replica's TEK and NEK records). */
+  seedKeys?: Array<[string, string]>
   /** Test-only hooks. */
   custodyFaultHook?: CustodyFaultHook
   tokenFaults?: TokenFaults
@@ -54,6 +65,13 @@ export interface Strata {
 }
 
 export const CONFIG_FILE = 'strata.json'
+
+/** Rewrite the configuration (atomically), e.g. after `strata peer add`. */
+export async function writeConfig (dataDir: string, cfg: StrataConfigFile): Promise<void> {
+  const tmp = join(dataDir, `${CONFIG_FILE}.tmp`)
+  await writeFile(tmp, JSON.stringify(cfg, null, 2) + '\n', { mode: 0o600 })
+  await rename(tmp, join(dataDir, CONFIG_FILE))
+}
 
 async function exists (p: string): Promise<boolean> {
   try { await access(p); return true } catch { return false }
@@ -77,6 +95,15 @@ export async function readConfig (dataDir: string): Promise<StrataConfigFile> {
     throw new VolumeFormatError(`${file} is not a Strata configuration of a supported format`)
   }
   if (cfg.blockStore !== 'log' && cfg.blockStore !== 'level') throw new VolumeFormatError(`${file}: blockStore must be "log" or "level"`)
+  const sync = cfg.sync as Record<string, unknown> | undefined
+  if (sync !== undefined) {
+    const strings = (v: unknown): boolean => v === undefined || (Array.isArray(v) && v.every(x => typeof x === 'string'))
+    if (typeof sync !== 'object' || sync === null || !strings(sync.listen) || !strings(sync.peers) ||
+      (sync.enabled !== undefined && typeof sync.enabled !== 'boolean') || (sync.mdns !== undefined && typeof sync.mdns !== 'boolean') ||
+      (sync.deviceName !== undefined && typeof sync.deviceName !== 'string')) {
+      throw new VolumeFormatError(`${file}: "sync" must be { enabled?: boolean, listen?: [multiaddr], peers?: [multiaddr], mdns?: boolean, deviceName?: string }`)
+    }
+  }
   return cfg
 }
 
@@ -94,6 +121,53 @@ export interface InitOptions {
   blockSize?: number
   blockStore?: 'log' | 'level'
   pinEnv?: string
+  /**
+   * Make this device a replica of a team's volume (enrolment): `join` gets the new token, open
+   * and logged in, receives the TEK into it and returns the team's bundle.
+   */
+  replica?: { join: (token: Pkcs11Token) => Promise<TeamBundle> }
+}
+
+/**
+ * What a device joining the team needs besides the TEK: the volume's identity and the wrapped
+ * key records (NEKs wrapped by the TEK, TEK check values, the wrapped metadata key). Nothing in
+ * it is plaintext key material.
+ */
+export interface TeamBundle {
+  rootNamespace: string
+  blockSize: number
+  blockStore: 'log' | 'level'
+  namespaceRecord: NamespaceRecord
+  /** [key, base64 value] of the key store's NEK records (wrapped by the TEK; the new token records its own TEK check value). */
+  keyRecords: Array<[string, string]>
+}
+
+const BUNDLE_KEY_RE = /^nek\/[\x21-\x7e]{1,200}$/
+
+/** The bundle a new device of this team needs (see TeamBundle). */
+export async function teamBundle (strata: Strata): Promise<TeamBundle> {
+  const keys = strata.db.sublevel<string, Uint8Array>('keys', { keyEncoding: 'utf8', valueEncoding: 'view' })
+  const keyRecords: Array<[string, string]> = []
+  for await (const [k, v] of keys.iterator()) if (BUNDLE_KEY_RE.test(k)) keyRecords.push([k, Buffer.from(v).toString('base64')])
+  const vol = strata.vol
+  return { rootNamespace: vol.rootNamespace, blockSize: vol.blockSize, blockStore: strata.config.blockStore, namespaceRecord: await vol.meta.namespaceRecord(vol.rootNamespace), keyRecords }
+}
+
+/** Check a bundle received from the network before anything of it is stored. */
+export function checkTeamBundle (b: unknown): TeamBundle {
+  const o = b as Partial<TeamBundle> | null
+  const bad = (what: string): never => { throw new VolumeFormatError(`the team bundle is malformed: ${what}`) }
+  if (o === null || typeof o !== 'object') return bad('not an object')
+  if (typeof o.rootNamespace !== 'string' || !/^[0-9a-f]{16}$/.test(o.rootNamespace)) bad('root namespace')
+  if (typeof o.blockSize !== 'number' || !Number.isInteger(o.blockSize)) bad('block size')
+  if (o.blockStore !== 'log' && o.blockStore !== 'level') bad('block store')
+  const n = o.namespaceRecord
+  if (n === undefined || typeof n.v !== 'number' || typeof n.w !== 'string' || typeof n.c !== 'string') bad('namespace record')
+  if (!Array.isArray(o.keyRecords) || o.keyRecords.length > 10_000) bad('key records')
+  for (const r of o.keyRecords as unknown[]) {
+    if (!Array.isArray(r) || r.length !== 2 || typeof r[0] !== 'string' || !BUNDLE_KEY_RE.test(r[0]) || typeof r[1] !== 'string' || r[1].length > 4096) bad('a key record')
+  }
+  return o as TeamBundle
 }
 
 /** Make a new data directory: a SoftHSM2 token (unless one is given), the TEK, the root namespace. */
@@ -130,9 +204,21 @@ async function makeStrata (options: InitOptions): Promise<Strata> {
     process.env.SOFTHSM2_CONF = join(dataDir, 'softhsm2.conf')
     await Pkcs11Token.initToken({ module: token.module, label: token.label, soPin: randomBytes(24).toString('base64url'), userPin: pin })
   }
-  const cfg: StrataConfigFile = { format: 1, token, blockStore: options.blockStore ?? 'log' }
+  let bundle: TeamBundle | undefined
+  if (options.replica !== undefined) {
+    const pin = await readPin({ pinFile: token.pinFile === undefined ? undefined : resolveIn(dataDir, token.pinFile), env: options.pinEnv })
+    const tok = await Pkcs11Token.open({ module: token.module, label: token.label, pin })
+    pin.fill(0)
+    try {
+      bundle = checkTeamBundle(await options.replica.join(tok))
+    } finally {
+      await tok.close()
+    }
+  }
+  const cfg: StrataConfigFile = { format: 1, token, blockStore: bundle?.blockStore ?? options.blockStore ?? 'log' }
   await writeFile(join(dataDir, CONFIG_FILE), JSON.stringify(cfg, null, 2) + '\n', { mode: 0o600 })
-  return await openStrata({ dataDir, pinEnv: options.pinEnv, volume: { blockSize: options.blockSize } }, true)
+  const replicaOf = bundle === undefined ? undefined : { rootNamespace: bundle.rootNamespace, blockSize: bundle.blockSize, namespaceRecord: bundle.namespaceRecord }
+  return await openStrata({ dataDir, pinEnv: options.pinEnv, volume: { blockSize: options.blockSize, replicaOf }, seedKeys: bundle?.keyRecords }, true)
 }
 
 /** Open everything for a data directory made by initStrata. */
@@ -159,7 +245,9 @@ export async function openStrata (options: OpenOptions, create = false): Promise
     await db.open()
     cleanup.push(async () => { await db.close() })
     let blocksRef: BlockStore | undefined
-    const store = new LevelKeyRecordStore(db.sublevel<string, Uint8Array>('keys', { keyEncoding: 'utf8', valueEncoding: 'view' }), async () => { await blocksRef?.sync() })
+    const keySub = db.sublevel<string, Uint8Array>('keys', { keyEncoding: 'utf8', valueEncoding: 'view' })
+    if (create && options.seedKeys !== undefined) await keySub.batch(options.seedKeys.map(([k, v]) => ({ type: 'put' as const, key: k, value: Buffer.from(v, 'base64') })))
+    const store = new LevelKeyRecordStore(keySub, async () => { await blocksRef?.sync() })
     const keys = await KeyHierarchy.open({ token, store }, { nekCacheMs: options.nekCacheMs, custodyFaultHook: options.custodyFaultHook })
     cleanup.push(async () => { await keys.close() })
     let blocks: BlockStore

@@ -6,7 +6,7 @@
 export type PosixCode =
   'ENOENT' | 'EEXIST' | 'ENOTEMPTY' | 'ENOTDIR' | 'EISDIR' | 'ENAMETOOLONG' | 'EINVAL' |
   'EBADF' | 'EPERM' | 'EACCES' | 'ENODATA' | 'ERANGE' | 'EXDEV' | 'EMLINK' | 'EFBIG' |
-  'ENOSPC' | 'EIO' | 'EROFS' | 'ELOOP' | 'ENOTSUP'
+  'ENOSPC' | 'EIO' | 'EROFS' | 'ELOOP' | 'ENOTSUP' | 'EBUSY'
 
 /** A POSIX-level failure of a volume operation (the errno the FUSE layer answers with). */
 export class FsError extends Error {

@@ -15,12 +15,14 @@ export interface NamespaceKeys {
   name: Buffer
   /** Keys the plaintext dedup hash. */
   dedup: Buffer
+  /** Encrypts the payloads of change-log entries (net/log). */
+  log: Buffer
 }
 
 export function deriveNamespaceKeys (nmk: Uint8Array, namespace: string): NamespaceKeys {
   const derive = (label: string): Buffer =>
     Buffer.from(hkdfSync('sha256', nmk, Buffer.from(namespace), Buffer.from(`strata/${label}/v1`), 32))
-  return { record: derive('record'), name: derive('name'), dedup: derive('dedup') }
+  return { record: derive('record'), name: derive('name'), dedup: derive('dedup'), log: derive('log') }
 }
 
 export function sealRecord (key: Uint8Array, aad: string, body: Uint8Array, random: RandomSource = randomBytes): Buffer {

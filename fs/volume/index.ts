@@ -1,5 +1,7 @@
 export { StrataVolume, DEFAULT_BLOCK_SIZE, nowNs } from './strata-volume.js'
-export type { VolumeComponents, VolumeInit } from './strata-volume.js'
+export type { VolumeComponents, VolumeInit, ReplicaSeed, SyncBlock } from './strata-volume.js'
+export { Replica } from './replica.js'
+export type { ChangeSet, SyncObject, InodeObject, DirentObject, VersionVector, ReplicaInit } from './replica.js'
 export { fsck } from './fsck.js'
 export { rotateNek, resumeRotations } from './rotation.js'
 export * from './types.js'

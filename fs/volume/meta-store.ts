@@ -70,7 +70,7 @@ export class MetaStore {
 
   /** Zero and drop every derived key (team disabled, volume closing). */
   forget (): void {
-    for (const k of this.derived.values()) { k.record.fill(0); k.name.fill(0); k.dedup.fill(0) }
+    for (const k of this.derived.values()) { k.record.fill(0); k.name.fill(0); k.dedup.fill(0); k.log.fill(0) }
     this.derived.clear()
   }
 
@@ -166,5 +166,12 @@ export class MetaStore {
     if (ops.length === 0) return
     if (options.sync === true) await this.beforeSync()
     await this.db.batch(ops.map(op => ({ ...op, sublevel: this.meta })), { sync: options.sync === true })
+    this.observer?.(ops)
   }
+
+  /**
+   * Told of every committed batch (the sync layer derives what changed from the keys). Runs
+   * synchronously after the commit; it must not throw or do I/O itself.
+   */
+  observer: ((ops: readonly BatchOp[]) => void) | undefined
 }

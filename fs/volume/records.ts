@@ -25,7 +25,11 @@ export const K = {
   xattrPrefix: (ino: number) => `x/${hexIno(ino)}/`,
   orphan: (ino: number) => `o/${hexIno(ino)}`,
   gc: (ns: string, id: string) => `g/${ns}/${id}`,
-  rotation: (ns: string) => `r/${ns}`
+  rotation: (ns: string) => `r/${ns}`,
+  /** File id → inode number (sealed). */
+  fid: (fid: string) => `F/${fid}`,
+  /** Sync state of an object (sealed): version vector and what was last exported/applied. */
+  syncState: (obj: string) => `V/${obj}`
 } as const
 
 export interface Header { format: 1, blockSize: number, rootNamespace: string, created: string }
@@ -53,7 +57,15 @@ export interface Inode {
   target?: Buffer
   /** Bytes of plaintext blocks stored (for st_blocks). */
   stored: number
+  /**
+   * File id: 32 hex chars, random at creation and the same on every device of the team (the
+   * sync layer names files by it); ROOT_FID for the root. '' for inodes made before file ids.
+   */
+  fid: string
 }
+
+export const ROOT_FID = '0'.repeat(32)
+export const FID_RE = /^[0-9a-f]{32}$/
 
 export interface Dirent { name: Buffer, ino: number, type: FileType }
 export interface ManifestEntry { id: string, len: number }
@@ -64,7 +76,7 @@ export function encodeInode (i: Inode): Buffer {
   return Buffer.from(JSON.stringify({
     t: i.type, m: i.mode, u: i.uid, g: i.gid, n: i.nlink, s: i.size, a: i.atime.toString(),
     mt: i.mtime.toString(), ct: i.ctime.toString(), r: i.rdev, v: i.version, p: i.parent,
-    l: i.target?.toString('base64'), st: i.stored
+    l: i.target?.toString('base64'), st: i.stored, f: i.fid === '' ? undefined : i.fid
   }))
 }
 
@@ -74,7 +86,8 @@ export function decodeInode (key: string, ino: number, ns: string, body: Buffer)
     const inode: Inode = {
       ino, ns, type: str(o.t) as FileType, mode: num(o.m), uid: num(o.u), gid: num(o.g), nlink: num(o.n), size: num(o.s),
       atime: BigInt(str(o.a)), mtime: BigInt(str(o.mt)), ctime: BigInt(str(o.ct)), rdev: num(o.r),
-      version: num(o.v), parent: num(o.p), stored: num(o.st)
+      version: num(o.v), parent: num(o.p), stored: num(o.st),
+      fid: o.f === undefined ? (ino === 1 ? ROOT_FID : '') : fidOf(o.f)
     }
     if (typeof o.l === 'string') inode.target = Buffer.from(o.l, 'base64')
     return inode
@@ -129,6 +142,11 @@ function parse (key: string, body: Buffer): Record<string, unknown> {
 
 function num (v: unknown): number {
   if (typeof v !== 'number' || !Number.isFinite(v)) throw new TypeError('expected a number')
+  return v
+}
+
+function fidOf (v: unknown): string {
+  if (typeof v !== 'string' || !FID_RE.test(v)) throw new TypeError('expected a file id')
   return v
 }
 

@@ -13,7 +13,7 @@ import type { KeyService, CustodyFaultHook } from '../../hsm/types.js'
 import { KeyCustodyError } from '../../hsm/errors.js'
 import { keyCheckValue, kcvEqual } from '../../hsm/custody.js'
 import { FsError, BlockCorruptError, BlockMissingError, RecordCorruptError, VolumeFormatError } from '../errors.js'
-import { blockAad, paddedLength, wrapKey, unwrapKey } from '../crypto/block-crypto.js'
+import { blockAad, paddedLength, wrapKey, unwrapKey, BLOCK_OVERHEAD } from '../crypto/block-crypto.js'
 import { nameTag, xattrTag } from '../crypto/record-crypto.js'
 import type { BlockStore, Db } from '../store/types.js'
 import { syncDb } from '../store/types.js'
@@ -24,8 +24,8 @@ import { MetaStore, type BatchOp } from './meta-store.js'
 import { RefBatch, bekAad, getBlockKey } from './block-keys.js'
 import { toName, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './names.js'
 import {
-  K, decodeInode, encodeInode, decodeDirent, encodeDirent, decodeManifest, encodeManifest,
-  decodeXattr, encodeXattr, type Header, type Inode, type Dirent, type ManifestEntry
+  K, ROOT_FID, decodeInode, encodeInode, decodeDirent, encodeDirent, decodeManifest, encodeManifest,
+  decodeXattr, encodeXattr, type NamespaceRecord, type Header, type Inode, type Dirent, type ManifestEntry
 } from './records.js'
 import {
   ROOT_INO, type Attr, type DirEntry, type CreateOptions, type OpenFlags, type SetAttr, type StatFs,
@@ -63,6 +63,23 @@ export interface VolumeInit {
   onBackgroundError?: (what: string, err: Error) => void
   /** Test-only: flips bits between custody steps of block keys. */
   custodyFaultHook?: CustodyFaultHook
+  /**
+   * Create only: make this volume a new device's replica of a team's volume (enrolment): the
+   * same root namespace, block size and wrapped metadata key, so change logs and blocks of the
+   * team's other devices apply here. The NEK records must already be in the key store.
+   */
+  replicaOf?: ReplicaSeed
+}
+
+/** What a new device needs to hold a replica of a team's volume (all of it wrapped or public). */
+/** One block of a file as the sync layer carries it: index, id, plaintext length, wrapped BEK. */
+export interface SyncBlock { i: number, id: string, len: number, v: number, w: string, c: string, tag: string }
+
+export interface ReplicaSeed {
+  rootNamespace: string
+  blockSize: number
+  /** The root namespace's `n/<ns>` record: its metadata key wrapped by the NEK. */
+  namespaceRecord: NamespaceRecord
 }
 
 interface DirtyBlock { buf: Buffer, len: number, since: number }
@@ -141,8 +158,8 @@ export class StrataVolume implements Volume {
     this.init = init
     this.blockSize = header.blockSize
     this.rootNamespace = header.rootNamespace
-    this.pool = new CryptoPool({ threads: init.cryptoThreads })
-    this.cache = new BlockCache(init.cacheBytes ?? 32 * 1024 * 1024)
+    this.pool = new CryptoPool({ threads: init.cryptoThreads, bufferBytes: header.blockSize + BLOCK_OVERHEAD })
+    this.cache = new BlockCache(init.cacheBytes ?? 32 * 1024 * 1024, { pool: this.pool.buffers })
     this.dirtyLimit = init.dirtyLimit ?? 32 * 1024 * 1024
     this.sealAfterMs = init.sealAfterMs ?? 2000
     this.maxSeals = init.maxSeals ?? 2 * this.pool.threads + 2
@@ -154,17 +171,21 @@ export class StrataVolume implements Volume {
   static async create (components: VolumeComponents, init: VolumeInit): Promise<StrataVolume> {
     const meta = components.db.sublevel<string, Uint8Array>('meta', { keyEncoding: 'utf8', valueEncoding: 'view' })
     if (await meta.get(K.header) !== undefined) throw new VolumeFormatError('a volume already exists in this data directory')
-    const blockSize = init.blockSize ?? DEFAULT_BLOCK_SIZE
+    const seed = init.replicaOf
+    const blockSize = seed?.blockSize ?? init.blockSize ?? DEFAULT_BLOCK_SIZE
     if (!validBlockSize(blockSize)) {
       throw new FsError('EINVAL', `block size ${blockSize} must be a power of two from 64 KiB to 4 MiB`)
     }
-    const header: Header = { format: FORMAT, blockSize, rootNamespace: randomBytes(8).toString('hex'), created: new Date().toISOString() }
+    const header: Header = { format: FORMAT, blockSize, rootNamespace: seed?.rootNamespace ?? randomBytes(8).toString('hex'), created: new Date().toISOString() }
+    if (!/^[0-9a-f]{16}$/.test(header.rootNamespace)) throw new VolumeFormatError('the team\'s root namespace id is malformed')
     const vol = new StrataVolume(components, init, header)
-    const nsOp = await vol.meta.createNamespace(header.rootNamespace)
+    const nsOp: BatchOp = seed === undefined
+      ? await vol.meta.createNamespace(header.rootNamespace)
+      : { type: 'put', key: K.namespace(header.rootNamespace), value: Buffer.from(JSON.stringify(seed.namespaceRecord)) }
     const t = nowNs()
     const root: Inode = {
       ino: ROOT_INO, ns: header.rootNamespace, type: 'dir', mode: C.S_IFDIR | 0o755, uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0,
-      nlink: 2, size: 0, atime: t, mtime: t, ctime: t, rdev: 0, version: 1, parent: ROOT_INO, stored: 0
+      nlink: 2, size: 0, atime: t, mtime: t, ctime: t, rdev: 0, version: 1, parent: ROOT_INO, stored: 0, fid: ROOT_FID
     }
     await vol.meta.write([nsOp], { sync: true })
     const headerJson = Buffer.from(JSON.stringify(header))
@@ -224,6 +245,22 @@ export class StrataVolume implements Volume {
 
   private assertOpen (): void {
     if (this.closed) throw new FsError('EIO', 'the volume is closed')
+  }
+
+  /** The file-id index record of an inode (written with the inode's creation). */
+  async fidOp (inode: Inode): Promise<BatchOp> {
+    const key = K.fid(inode.fid)
+    return { type: 'put', key, value: await this.meta.seal(inode.ns, key, Buffer.from(String(inode.ino))) }
+  }
+
+  /** The inode holding a file id, or undefined. */
+  async inoOfFid (fid: string): Promise<number | undefined> {
+    const key = K.fid(fid)
+    const rec = await this.meta.get(key)
+    if (rec === undefined) return fid === ROOT_FID ? ROOT_INO : undefined
+    const ino = Number(rec.body.toString('latin1'))
+    if (!Number.isSafeInteger(ino) || ino <= 0) throw new RecordCorruptError(key, 'file id index holds no inode number')
+    return ino
   }
 
   async inodeOp (inode: Inode): Promise<BatchOp> {
@@ -308,6 +345,89 @@ export class StrataVolume implements Volume {
     return true
   }
 
+  // ---- sync support (fs/volume/replica.ts) ---------------------------------------------
+
+  /** True while a file has open handles or unsealed data: the sync layer leaves it alone. */
+  isBusy (ino: number): boolean {
+    return this.files.has(ino)
+  }
+
+  /** The LevelDB key of a directory entry (stable on this device; the sync layer keys its state by it). */
+  async entryKey (dirIno: number, name: Uint8Array | string): Promise<string> {
+    return await this.direntKey(await this.dirInode(dirIno), toName(name))
+  }
+
+  /** A directory entry, or undefined. */
+  async entry (dirIno: number, name: Uint8Array | string): Promise<Dirent | undefined> {
+    return await this.getDirent(await this.dirInode(dirIno), toName(name))
+  }
+
+  /** A file's blocks with their wrapped keys, as another device of the team needs them. */
+  async blockList (ino: number): Promise<SyncBlock[]> {
+    const inode = await this.getInode(ino)
+    const out: SyncBlock[] = []
+    for await (const [key, value] of this.meta.range(K.manifestPrefix(ino))) {
+      const { body } = await this.meta.open(key, value)
+      const m = decodeManifest(key, body)
+      const k = await getBlockKey(this.meta, inode.ns, m.id)
+      if (k === undefined) throw new RecordCorruptError(K.blockKey(inode.ns, m.id), 'a manifest names a block without a key record')
+      out.push({ i: parseInt(key.slice(key.lastIndexOf('/') + 1), 16), id: m.id, len: m.len, v: k.v, w: k.w, c: k.c, tag: k.tag })
+    }
+    return out
+  }
+
+  /**
+   * Replace a closed file's content with another device's blocks, in one batch: block keys are
+   * unwrapped and checked (custody) before they are stored, references move from the old
+   * blocks to the new. Every block must already be in the block store.
+   */
+  async replaceContent (ino: number, blocks: SyncBlock[], size: number, mtime: bigint): Promise<void> {
+    let freed = false
+    await this.lock.run(async () => {
+      const inode = await this.getInode(ino)
+      if (inode.type !== 'file') throw new FsError('EINVAL', `inode ${ino} is not a file`)
+      if (this.files.has(ino)) throw new FsError('EBUSY', `inode ${ino} is open`)
+      const ns = inode.ns
+      const refs = new RefBatch(this.meta, ns)
+      const ops: BatchOp[] = []
+      for await (const [key, value] of this.meta.range(K.manifestPrefix(ino))) {
+        const { body } = await this.meta.open(key, value)
+        await refs.unref(decodeManifest(key, body).id)
+        ops.push({ type: 'del', key })
+      }
+      let stored = 0
+      for (const b of blocks) {
+        if (!/^[0-9a-f]{64}$/.test(b.id) || !Number.isSafeInteger(b.i) || b.i < 0 || b.len <= 0 || b.len > this.blockSize) {
+          throw new FsError('EINVAL', `block ${b.i} of a remote file is malformed`)
+        }
+        if (!await this.blocks.has(Buffer.from(b.id, 'hex'))) throw new BlockMissingError(b.id)
+        if (!await refs.ref(b.id)) {
+          const nek = await this.keys.nek(ns, b.v)
+          const bek = unwrapKey(nek.key, Buffer.from(b.w, 'base64'), bekAad(ns, b.v, b.id))
+          const ok = bek !== undefined && kcvEqual(keyCheckValue(bek), Buffer.from(b.c, 'base64'))
+          bek?.fill(0)
+          if (!ok) throw new KeyCustodyError(K.blockKey(ns, b.id), 'a remote block key fails its check; nothing stored')
+          refs.add(b.id, { v: b.v, w: b.w, c: b.c, refs: 1, tag: b.tag })
+          if (/^[0-9a-f]{64}$/.test(b.tag) && await this.meta.meta.get(K.dedup(ns, b.tag)) === undefined) {
+            ops.push({ type: 'put', key: K.dedup(ns, b.tag), value: Buffer.from(b.id, 'latin1') })
+          }
+        }
+        const mkey = K.manifest(ino, b.i)
+        ops.push({ type: 'put', key: mkey, value: await this.meta.seal(ns, mkey, encodeManifest({ id: b.id, len: b.len })) })
+        stored += paddedLength(b.len, this.blockSize)
+      }
+      ops.push(...await refs.ops())
+      inode.size = size
+      inode.stored = stored
+      inode.mtime = mtime
+      this.touch(inode, {})
+      ops.push(await this.inodeOp(inode))
+      await this.meta.write(ops)
+      freed = refs.freed.length > 0
+    })
+    if (freed) this.scheduleGc()
+  }
+
   // ---- namespace operations ------------------------------------------------------------
 
   async lookup (parent: number, name: Uint8Array | string): Promise<Attr> {
@@ -350,7 +470,8 @@ export class StrataVolume implements Volume {
     const t = nowNs()
     return {
       ino, ns, type, mode: TYPE_BITS[type] | (mode & 0o7777), uid: caller.uid ?? process.getuid?.() ?? 0, gid: caller.gid ?? process.getgid?.() ?? 0,
-      nlink: type === 'dir' ? 2 : 1, size: 0, atime: t, mtime: t, ctime: t, rdev: 0, version: 1, parent, stored: 0
+      nlink: type === 'dir' ? 2 : 1, size: 0, atime: t, mtime: t, ctime: t, rdev: 0, version: 1, parent, stored: 0,
+      fid: caller.fid ?? randomBytes(16).toString('hex')
     }
   }
 
@@ -379,7 +500,7 @@ export class StrataVolume implements Volume {
       if (type === 'dir') dir.nlink++
       this.touch(dir, { m: true })
       if (namespace !== undefined) await this.meta.write([ops.pop() as BatchOp, ops.shift() as BatchOp], { sync: true })
-      ops.push(await this.inodeOp(inode), await this.direntOp(dir, { name: n, ino, type }), await this.inodeOp(dir))
+      ops.push(await this.inodeOp(inode), await this.fidOp(inode), await this.direntOp(dir, { name: n, ino, type }), await this.inodeOp(dir))
       await this.meta.write(ops)
       this.inodes.set(ino, inode)
       return inode
@@ -473,6 +594,7 @@ export class StrataVolume implements Volume {
   /** Delete an inode with its manifest, xattrs and block references. */
   private async purgeOps (inode: Inode, refs: RefBatch): Promise<BatchOp[]> {
     const ops: BatchOp[] = [{ type: 'del', key: K.inode(inode.ino) }, { type: 'del', key: K.orphan(inode.ino) }]
+    if (inode.fid !== '') ops.push({ type: 'del', key: K.fid(inode.fid) })
     for await (const [key, value] of this.meta.range(K.manifestPrefix(inode.ino))) {
       const { body } = await this.meta.open(key, value)
       await refs.unref(decodeManifest(key, body).id)
@@ -761,7 +883,8 @@ export class StrataVolume implements Volume {
       const idBuf = Buffer.from(id, 'hex')
       let r
       try {
-        const stored = await this.blocks.get(idBuf, { verify: false })
+        // Read into a pooled buffer (stores that cannot, ignore it). The worker verifies the hash.
+        const stored = await this.blocks.get(idBuf, { verify: false, buffer: (n: number) => this.pool.buffers.buffer(n) })
         if (stored === undefined) throw new BlockMissingError(id)
         r = await this.pool.open(bek, stored, blockAad(ns), idBuf)
       } finally {
@@ -877,7 +1000,7 @@ export class StrataVolume implements Volume {
       const keep = entry === undefined ? 0 : Math.min(entry.len, Math.max(0, inode.size - b * bs))
       const covers = start === 0 && end >= keep
       // Unzeroed: only [0, len) is ever read, and gaps below a write are zeroed explicitly.
-      d = { buf: Buffer.allocUnsafeSlow(capacity(Math.max(end, covers ? 0 : keep), bs)), len: 0, since: Date.now() }
+      d = { buf: this.pool.buffers.buffer(capacity(Math.max(end, covers ? 0 : keep), bs)), len: 0, since: Date.now() }
       if (entry !== undefined && keep > 0 && !covers) {
         const plain = await this.blockPlaintext(inode.ns, entry.id)
         plain.copy(d.buf, 0, 0, keep)
@@ -887,7 +1010,7 @@ export class StrataVolume implements Volume {
       this.dirtyBytes += d.buf.length
     }
     if (end > d.buf.length) {
-      const grown = Buffer.allocUnsafeSlow(capacity(end, bs))
+      const grown = this.pool.buffers.buffer(capacity(end, bs))
       d.buf.copy(grown, 0, 0, d.len)
       this.dirtyBytes += grown.length - d.buf.length
       d.buf = grown
@@ -975,6 +1098,7 @@ export class StrataVolume implements Volume {
       storing(id)
       await this.blocks.put(sealed.id, sealed.stored, { verified: true })
     }
+    sealed.release()
     bek.fill(0)
     let freed = false
     let retry = false

@@ -36,7 +36,12 @@ export interface DirEntry {
   type: FileType
 }
 
-export interface Caller { uid?: number, gid?: number }
+export interface Caller {
+  uid?: number
+  gid?: number
+  /** A new entry's file id (the sync layer recreates a remote file under its own id). */
+  fid?: string
+}
 
 export interface CreateOptions extends Caller {
   /** Permission bits (and for mknod the type bits). Default 0o644 files, 0o755 dirs. */

@@ -4,7 +4,7 @@
  * teardown — `strata unmount`, else `fusermount -u -z` and SIGKILL of the daemon we started.
  */
 import { execFile, spawn } from 'node:child_process'
-import { mkdtempSync, mkdirSync, rmSync, readFileSync } from 'node:fs'
+import { mkdtempSync, mkdirSync, rmSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -60,13 +60,29 @@ async function mounted (mnt: string): Promise<boolean> {
   return readFileSync('/proc/self/mounts', 'utf8').split('\n').some(l => l.split(' ')[1] === mnt)
 }
 
-export async function makeDrive (t: Teardownable, options: { init?: string[] } = {}): Promise<Drive> {
+export interface MakeDriveOptions {
+  init?: string[]
+  /** Instead of `strata init`: make the data dir another way (e.g. `strata join`). */
+  create?: (dataDir: string) => Promise<void>
+  /** Edit strata.json before the first mount. */
+  config?: (cfg: Record<string, any>) => Record<string, any>
+}
+
+export async function makeDrive (t: Teardownable, options: MakeDriveOptions = {}): Promise<Drive> {
   const root = mkdtempSync(join(tmpdir(), 'strata-drive-'))
   const dataDir = join(root, 'data')
   const mnt = join(root, 'mnt')
   mkdirSync(mnt)
-  const init = await strata(['init', '--data', dataDir, ...(options.init ?? [])])
-  if (init.code !== 0) throw new Error(`strata init failed: ${init.stderr}`)
+  if (options.create !== undefined) {
+    await options.create(dataDir)
+  } else {
+    const init = await strata(['init', '--data', dataDir, ...(options.init ?? [])])
+    if (init.code !== 0) throw new Error(`strata init failed: ${init.stderr}`)
+  }
+  if (options.config !== undefined) {
+    const file = join(dataDir, 'strata.json')
+    writeFileSync(file, JSON.stringify(options.config(JSON.parse(readFileSync(file, 'utf8')) as Record<string, any>), null, 2))
+  }
   let lastPid: number | undefined
   const drive: Drive = {
     mnt,

@@ -1,0 +1,171 @@
+/**
+ * SyncService: joins the volume's replica (fs/volume/replica.ts) to this device's change logs
+ * and the block exchange.
+ *
+ *   local change  → replica → `logChanges` → LogStore.append (LogSync pushes the notification)
+ *   remote entries accepted by LogSync → for each, in log order per device: decode the change
+ *   set → fetch the blocks it names that are missing, from every connected team peer → apply
+ *   → mark the entry applied.
+ *
+ * The log store is the queue: entries accepted but not applied (a missing block, a crash, a file
+ * open here) are read again from it by the next drain, which runs on every accepted batch, on
+ * start, and on a timer while anything is left. An entry whose payload does not decode is from
+ * a device that broke the format: it is reported and skipped, never half applied.
+ */
+import type { ComponentLogger, Logger } from '@libp2p/interface'
+import { defaultLogger } from '@libp2p/logger'
+import type { LogStore, AcceptedEntry } from './log/index.js'
+import type { LogSync } from './log/index.js'
+import type { BlockExchange } from './block-exchange.js'
+import { decodeChangeSet, encodeChangeSet, type ChangeSet } from '../fs/volume/sync-objects.js'
+
+/** What the service needs of the volume's replica. */
+export interface ReplicaPort {
+  apply: (cs: ChangeSet) => Promise<{ applied: number, pending: number }>
+  missingBlocks: (cs: ChangeSet) => Promise<string[]>
+}
+
+export interface SyncServiceComponents {
+  replica: ReplicaPort
+  logs: LogStore
+  logSync: LogSync
+  blocks: BlockExchange
+  logger?: ComponentLogger
+}
+
+export interface SyncServiceInit {
+  /** Retry delay while entries wait (missing blocks, no peer online). */
+  retryMs?: number
+}
+
+export interface SyncProblem { at: number, ns: string, device: string, seq: number, detail: string }
+
+export interface SyncStatus {
+  entriesApplied: number
+  entriesWaiting: number
+  blocksFetched: number
+  bytesFetched: number
+  lastAppliedAt?: number
+  problems: SyncProblem[]
+}
+
+export class SyncService {
+  private readonly c: SyncServiceComponents
+  private readonly log: Logger
+  private readonly retryMs: number
+  private draining: Promise<void> | undefined
+  private again = false
+  private timer: NodeJS.Timeout | undefined
+  private started = false
+  private readonly counters = { entriesApplied: 0, entriesWaiting: 0, blocksFetched: 0, bytesFetched: 0, lastAppliedAt: undefined as number | undefined }
+  private readonly problemList: SyncProblem[] = []
+
+  constructor (components: SyncServiceComponents, init: SyncServiceInit = {}) {
+    this.c = components
+    this.log = (components.logger ?? defaultLogger()).forComponent('net:sync')
+    this.retryMs = init.retryMs ?? 1000
+  }
+
+  /** The replica's `onChanges`: one log entry per change set. */
+  readonly logChanges = async (cs: ChangeSet): Promise<void> => {
+    const a = await this.c.logs.append(cs.ns, encodeChangeSet(cs))
+    // Our own entries never need applying here.
+    await this.c.logs.markApplied(cs.ns, this.c.logs.self, a.entry.seq)
+  }
+
+  async start (): Promise<void> {
+    if (this.started) return
+    this.started = true
+    this.c.logSync.addEventListener('accepted', this.onAccepted)
+    this.kick()
+  }
+
+  async stop (): Promise<void> {
+    if (!this.started) return
+    this.started = false
+    this.c.logSync.removeEventListener('accepted', this.onAccepted)
+    clearTimeout(this.timer)
+    await this.draining
+  }
+
+  status (): SyncStatus {
+    return { ...this.counters, problems: [...this.problemList] }
+  }
+
+  private readonly onAccepted = (): void => { this.kick() }
+
+  /** Drain now, or once more after the drain that is running. */
+  kick (): void {
+    if (!this.started) return
+    if (this.draining !== undefined) { this.again = true; return }
+    this.draining = this.drain()
+      .catch(err => { this.log.error('applying remote changes failed: %e', err) })
+      .finally(() => {
+        this.draining = undefined
+        if (this.again) { this.again = false; this.kick() }
+      })
+  }
+
+  /** Apply every accepted entry not yet applied, namespace by namespace, in order per device. */
+  async drain (): Promise<void> {
+    let waiting = 0
+    for (const ns of this.c.logs.namespaces()) {
+      const byDevice = new Map<string, AcceptedEntry[]>()
+      for (const e of await this.c.logs.pending(ns)) {
+        if (e.device === this.c.logs.self) continue
+        const list = byDevice.get(e.device) ?? []
+        list.push(e)
+        byDevice.set(e.device, list)
+      }
+      for (const entries of byDevice.values()) {
+        for (const e of entries) {
+          if (!this.started) return
+          const ok = await this.applyEntry(e)
+          if (!ok) { waiting += entries.length - entries.indexOf(e); break }
+        }
+      }
+    }
+    this.counters.entriesWaiting = waiting
+    clearTimeout(this.timer)
+    if (waiting > 0 && this.started) {
+      this.timer = setTimeout(() => { this.kick() }, this.retryMs)
+      this.timer.unref()
+    }
+  }
+
+  /** Apply one entry; false if it must wait (blocks not available yet). */
+  private async applyEntry (e: AcceptedEntry): Promise<boolean> {
+    let cs: ChangeSet
+    try {
+      cs = decodeChangeSet(e.payload)
+      if (cs.ns !== e.ns) throw new Error(`change set names namespace ${cs.ns} inside a log of ${e.ns}`)
+    } catch (err) {
+      this.problem(e, `entry payload is not a valid change set: ${(err as Error).message}`)
+      await this.c.logs.markApplied(e.ns, e.device, e.seq)
+      return true
+    }
+    const missing = await this.c.replica.missingBlocks(cs)
+    if (missing.length > 0) {
+      const peers = this.c.logSync.peers()
+      if (peers.length === 0) return false
+      const r = await this.c.blocks.fetch(missing.map(id => Buffer.from(id, 'hex')), { peers, signal: AbortSignal.timeout(120_000) })
+      this.counters.blocksFetched += r.fetched
+      this.counters.bytesFetched += r.bytes
+      if (r.failed.length > 0) {
+        this.log('entry %s/%s/%d waits for %d blocks no peer delivered', e.ns, e.device, e.seq, r.failed.length)
+        return false
+      }
+    }
+    await this.c.replica.apply(cs)
+    await this.c.logs.markApplied(e.ns, e.device, e.seq)
+    this.counters.entriesApplied++
+    this.counters.lastAppliedAt = Date.now()
+    return true
+  }
+
+  private problem (e: AcceptedEntry, detail: string): void {
+    this.log.error('entry %s/%s/%d: %s', e.ns, e.device, e.seq, detail)
+    this.problemList.push({ at: Date.now(), ns: e.ns, device: e.device, seq: e.seq, detail })
+    if (this.problemList.length > 100) this.problemList.shift()
+  }
+}
