@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in softhsm2 libfuse2 fuse libfuse-dev pkg-config patch rsync attr sqlite3 git; do
+for pkg in softhsm2 libfuse2 fuse libfuse-dev pkg-config patch rsync attr sqlite3 git iproute2; do
   [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = 'install ok installed' ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
