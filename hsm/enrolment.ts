@@ -11,6 +11,7 @@ import type { KeyHandle, Pkcs11Token, SecretKeyInfo } from './token.js'
 import { asBuffer, plain, sessionRunner } from './token-session.js'
 import type { SessionRunner } from './token-session.js'
 import type { AbortOptions, KeyService } from './types.js'
+import { Mutex } from './mutex.js'
 
 const {
   CKA_CLASS, CKA_DECRYPT, CKA_ENCRYPT, CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE, CKA_LABEL, CKA_MODULUS,
@@ -101,7 +102,7 @@ export class TokenEnrolment {
   private readonly modulusBits: number
   private readonly run: SessionRunner
   private pending: PendingPair | undefined
-  private lock: Promise<void> = Promise.resolve()
+  private readonly mutex = new Mutex()
 
   constructor (components: TokenEnrolmentComponents, init: TokenEnrolmentInit = {}) {
     this.token = components.token
@@ -281,15 +282,7 @@ export class TokenEnrolment {
   }
 
   private async exclusive<T> (fn: () => Promise<T>): Promise<T> {
-    const previous = this.lock
-    let release!: () => void
-    this.lock = new Promise<void>(resolve => { release = resolve })
-    await previous
-    try {
-      return await fn()
-    } finally {
-      release()
-    }
+    return await this.mutex.run(fn)
   }
 }
 

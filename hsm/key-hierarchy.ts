@@ -14,6 +14,7 @@ import {
 import type { NekRecord, RotationRecord, TeamRecord, TekRecord } from './nek-record.js'
 import { ckrName } from './pkcs11-errors.js'
 import type { KeyHandle, SecretKeyInfo, Token } from './token.js'
+import { Mutex } from './mutex.js'
 import type {
   AbortOptions, CustodyFaultHook, KeyRecordStore, KeyService, Nek, NekCacheStats, RotationProgress, TeamState
 } from './types.js'
@@ -62,7 +63,7 @@ export class KeyHierarchy implements KeyService {
   private disabled = false
   private closed = false
   private starting: Promise<void> | undefined
-  private lock: Promise<void> = Promise.resolve()
+  private readonly mutex = new Mutex()
 
   /** Construct and start. */
   static async open (components: KeyHierarchyComponents, init: KeyHierarchyInit = {}): Promise<KeyHierarchy> {
@@ -274,7 +275,7 @@ export class KeyHierarchy implements KeyService {
   async close (): Promise<void> {
     this.closed = true
     this.cache.clear()
-    await this.lock
+    await this.mutex.idle()
   }
 
   // --- internals -------------------------------------------------------------------------
@@ -556,15 +557,7 @@ export class KeyHierarchy implements KeyService {
 
   /** Writers (create, add, retire, rotate, disable, enable, destroy) run one at a time. */
   private async exclusive<T> (fn: () => Promise<T>): Promise<T> {
-    const previous = this.lock
-    let release!: () => void
-    this.lock = new Promise<void>(resolve => { release = resolve })
-    await previous
-    try {
-      return await fn()
-    } finally {
-      release()
-    }
+    return await this.mutex.run(fn)
   }
 }
 

@@ -18,6 +18,7 @@ import {
   InvalidInviteCodeError, InviteDamagedError, InviteExpiredError, InviteProofError, InviteUnknownError, InviteUsedError
 } from './enrol-errors.js'
 import { InvalidParametersError } from './errors.js'
+import { Mutex } from '../hsm/mutex.js'
 
 export const INVITE_PREFIX = 'strata1-'
 export const INVITE_VERSION = 1
@@ -207,7 +208,7 @@ export class InviteBook {
   private readonly peerId: string
   private readonly addresses: () => string[]
   private readonly now: () => number
-  private lock: Promise<void> = Promise.resolve()
+  private readonly mutex = new Mutex()
 
   constructor (components: InviteBookComponents, init: InviteBookInit) {
     if (components?.store == null) throw new InvalidParametersError('store is required')
@@ -266,15 +267,7 @@ export class InviteBook {
   }
 
   private async exclusive<T> (fn: () => Promise<T>): Promise<T> {
-    const previous = this.lock
-    let release!: () => void
-    this.lock = new Promise<void>(resolve => { release = resolve })
-    await previous
-    try {
-      return await fn()
-    } finally {
-      release()
-    }
+    return await this.mutex.run(fn)
   }
 }
 

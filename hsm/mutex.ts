@@ -1,4 +1,4 @@
-/** A FIFO async mutex: metadata changes that read-modify-write records run one at a time. */
+/** A FIFO async mutex: read-modify-write work (records, token objects, invites) runs one at a time. */
 export class Mutex {
   private tail: Promise<void> = Promise.resolve()
 
@@ -12,5 +12,10 @@ export class Mutex {
     } finally {
       release()
     }
+  }
+
+  /** Resolves once everything queued so far has finished. */
+  async idle (): Promise<void> {
+    await this.tail
   }
 }
