@@ -28,7 +28,7 @@ async function makePair (tt: { teardown: (fn: () => void | Promise<void>) => voi
   tt.teardown(async () => { await sb.close().catch(() => {}); rmSync(root, { recursive: true, force: true }) })
   const side = (id: string, strata: Strata): Side => {
     const outbox: ChangeSet[] = []
-    const replica = new Replica({ volume: strata.vol }, { device: id, onChanges: async cs => { outbox.push(decodeChangeSet(encodeChangeSet(cs))) }, deviceLabel: d => d === A_ID ? 'alpha' : 'beta' })
+    const replica = new Replica({ volume: strata.vol }, { device: id, flushDelayMs: 600_000, onChanges: async cs => { outbox.push(decodeChangeSet(encodeChangeSet(cs))) }, deviceLabel: d => d === A_ID ? 'alpha' : 'beta' })
     return { id, vol: strata.vol, strata, replica, outbox }
   }
   const a = side(A_ID, ta.strata)
@@ -206,4 +206,31 @@ t.test('an open file on the receiving side is not changed under its reader; the 
   await b.vol.release(rfh)
   await b.replica.apply({ ns: b.vol.rootNamespace, objects: [] })
   t.same(await readAll(b.vol, '/open.txt'), Buffer.from('new content!'), 'applied after close')
+})
+
+t.test('changes committed but not yet logged when the daemon dies are logged at the next start', async t => {
+  const { a, b, deliver } = await makePair(t)
+  await writeFile(a.vol, ROOT_INO, 'gone.txt', Buffer.from('to be removed'))
+  await deliver(a, b)
+  // Commit changes, then "crash": the capturing replica disappears before its debounce fires.
+  await writeFile(a.vol, ROOT_INO, 'unlogged.txt', Buffer.from('written just before the crash'))
+  await a.vol.unlink(ROOT_INO, 'gone.txt')
+  a.vol.meta.observer = undefined
+  const outbox: ChangeSet[] = []
+  const again = new Replica({ volume: a.vol }, { device: A_ID, onChanges: async cs => { outbox.push(decodeChangeSet(encodeChangeSet(cs))) } })
+  await again.start()
+  t.teardown(async () => { await again.stop() })
+  a.outbox.push(...outbox)
+  a.replica = again
+  await deliver(a, b)
+  t.same(await readAll(b.vol, '/unlogged.txt'), Buffer.from('written just before the crash'), 'the unlogged write reaches the other device')
+  await t.rejects(b.vol.resolve('/gone.txt'), { code: 'ENOENT' }, 'the unlogged removal too')
+  t.same(await tree(b.vol), await tree(a.vol))
+  // A clean stop leaves nothing to rescan: a restart logs nothing.
+  await again.stop()
+  const quiet: ChangeSet[] = []
+  const third = new Replica({ volume: a.vol }, { device: A_ID, onChanges: async cs => { quiet.push(cs) } })
+  await third.start()
+  await third.stop()
+  t.equal(quiet.length, 0, 'nothing is logged twice')
 })

@@ -52,6 +52,8 @@ interface InodeState { vv: VersionVector, h: string, by: string, names: string[]
 interface DirentState { vv: VersionVector, h: string, by: string, p: string, n: string, c: string, t: FileType, dead?: boolean }
 
 const SCANNED = 'V/scanned'
+/** Present while a replica runs: found at start, the last run ended in a crash. */
+const RUNNING = 'V/running'
 const TYPE_BITS: Record<FileType, number> = {
   file: C.S_IFREG, dir: C.S_IFDIR, symlink: C.S_IFLNK, fifo: C.S_IFIFO, socket: C.S_IFSOCK, chardev: C.S_IFCHR, blockdev: C.S_IFBLK
 }
@@ -80,11 +82,17 @@ export class Replica {
     if (this.started) return
     this.started = true
     this.vol.meta.observer = ops => { this.observe(ops) }
-    if (await this.vol.meta.meta.get(SCANNED) === undefined) {
+    const first = await this.vol.meta.meta.get(SCANNED) === undefined
+    const crashed = await this.vol.meta.meta.get(RUNNING) !== undefined
+    if (first || crashed) {
+      // Everything (first start), or everything again after a crash: changes committed to the
+      // volume but not yet logged were only in memory. Unchanged objects hash alike and are
+      // not logged again; entries removed meanwhile are found through their sync state.
       await this.scan(ROOT_INO)
+      if (crashed) for await (const key of this.vol.meta.meta.keys({ gte: 'V/d/', lt: 'V/d0' })) this.changedEntries.add(key.slice(2))
       await this.flush()
-      await this.vol.meta.write([{ type: 'put', key: SCANNED, value: new Uint8Array(0) }])
     }
+    await this.vol.meta.write([{ type: 'put', key: SCANNED, value: new Uint8Array(0) }, { type: 'put', key: RUNNING, value: new Uint8Array(0) }], { sync: true })
   }
 
   async stop (): Promise<void> {
@@ -94,6 +102,7 @@ export class Replica {
     clearTimeout(this.timer)
     clearTimeout(this.retryTimer)
     await this.flush()
+    await this.vol.meta.write([{ type: 'del', key: RUNNING }], { sync: true })
   }
 
   /** Objects waiting to apply (a parent not known yet, a file open here). */
