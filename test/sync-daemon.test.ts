@@ -75,6 +75,19 @@ t.test('two devices: enrolment, then every kind of change converges both ways', 
   t.ok(list.some(d => d.name === 'second' && d.connected), 'the second device is listed and connected')
 })
 
+t.test('three devices: changes relay through the device both are connected to', async t => {
+  const a = await makeDrive(t, { config: LOOPBACK })
+  const b = await joinDrive(t, a, 'bee')
+  const c = await joinDrive(t, a, 'sea')
+  // b and c know only a's address: what b writes reaches c through a (logs relayed, blocks fetched from a).
+  await sh(`mkdir "${b.mnt}/from-b" && head -c 2500000 /dev/urandom > "${b.mnt}/from-b/data.bin" && echo hi > "${c.mnt}/from-c.txt"`)
+  t.ok(await waitFor(t, 'b and c converge through a', same(b, c), 90_000), 'a change on one device reaches the other two')
+  t.ok(await waitFor(t, 'a converges', same(a, b)), 'and the device in the middle')
+  const list = JSON.parse(await ok(['devices', '--data', c.dataDir, '--json'])) as Array<{ name: string }>
+  t.same(list.map(d => d.name).sort(), ['bee', 'sea', list.find(d => d.name !== 'bee' && d.name !== 'sea')?.name].sort(), 'every device knows all three')
+  t.equal(list.length, 3)
+})
+
 t.test('a device offline during 500 changes catches up; edits made apart become a conflict copy', async t => {
   const a = await makeDrive(t, { config: LOOPBACK })
   await sh(`echo base > "${a.mnt}/shared.txt"`)

@@ -161,8 +161,15 @@ export class LogSync extends TypedEventEmitter<LogSyncEvents> implements Startab
   }
 
   private readonly onDevicesChange = (): void => {
-    for (const s of this.sessions.values()) {
-      if (!this.c.devices.isMember(s.peer)) this.dropSession(s, new NotMemberError(s.peer))
+    for (const s of [...this.sessions.values()]) {
+      if (!this.c.devices.isMember(s.peer)) { this.dropSession(s, new NotMemberError(s.peer)); continue }
+      // Gossip the new list: a fresh hello carries every record (and our heads), so a device
+      // enrolled elsewhere becomes known to peers already connected, and its entries relay.
+      const out = s.out
+      if (out === undefined) continue
+      s.out = undefined
+      out.stream.close().catch(err => { out.stream.abort(err instanceof Error ? err : new Error(String(err))) })
+      this.openSession(s.connection)
     }
   }
 
