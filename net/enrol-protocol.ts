@@ -210,7 +210,7 @@ export async function joinTeam (options: JoinTeamOptions): Promise<JoinResult> {
   try {
     stream = await connection.newStream(ENROL_PROTOCOL, { signal })
   } catch (err) {
-    throw new InviterUnreachableError('the device does not accept enrolments', { cause: err })
+    throw new InviterUnreachableError('the device accepts no enrolment now: this code was used already or its invite was withdrawn (ask for a new code: strata invite)', { cause: err })
   }
   const reader = new FrameReader(stream, { maxMessageBytes: MAX_TEAM_BUNDLE_BYTES })
   let keyPending = false
