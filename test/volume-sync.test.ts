@@ -216,6 +216,9 @@ t.test('changes committed but not yet logged when the daemon dies are logged at 
   await writeFile(a.vol, ROOT_INO, 'unlogged.txt', Buffer.from('written just before the crash'))
   await a.vol.unlink(ROOT_INO, 'gone.txt')
   a.vol.meta.observer = undefined
+  const crashed = a.replica
+  // Its debounce timer would fire in 10 minutes: end it (as the dead process's would be).
+  t.teardown(async () => { await crashed.stop() })
   const outbox: ChangeSet[] = []
   const again = new Replica({ volume: a.vol }, { device: A_ID, onChanges: async cs => { outbox.push(decodeChangeSet(encodeChangeSet(cs))) } })
   await again.start()

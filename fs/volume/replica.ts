@@ -71,6 +71,7 @@ export class Replica {
   private deferred: SyncObject[] = []
   private retryTimer: NodeJS.Timeout | undefined
   private started = false
+  private readonly observer = (ops: readonly BatchOp[]): void => { this.observe(ops) }
 
   constructor (components: { volume: StrataVolume }, init: ReplicaInit) {
     this.vol = components.volume
@@ -81,7 +82,7 @@ export class Replica {
   async start (): Promise<void> {
     if (this.started) return
     this.started = true
-    this.vol.meta.observer = ops => { this.observe(ops) }
+    this.vol.meta.observer = this.observer
     const first = await this.vol.meta.meta.get(SCANNED) === undefined
     const crashed = await this.vol.meta.meta.get(RUNNING) !== undefined
     if (first || crashed) {
@@ -98,7 +99,7 @@ export class Replica {
   async stop (): Promise<void> {
     if (!this.started) return
     this.started = false
-    this.vol.meta.observer = undefined
+    if (this.vol.meta.observer === this.observer) this.vol.meta.observer = undefined
     clearTimeout(this.timer)
     clearTimeout(this.retryTimer)
     await this.flush()
