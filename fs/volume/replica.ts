@@ -123,12 +123,15 @@ export class Replica {
         this.changedEntries.add(k)
       }
     }
-    if (this.changedInodes.size + this.changedEntries.size > 0 && this.timer === undefined) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined
-        this.flush().catch(err => { this.init.onError?.('capture', err as Error) })
-      }, this.init.flushDelayMs ?? 30)
-    }
+    this.schedule(this.init.flushDelayMs ?? 30)
+  }
+
+  private schedule (ms: number): void {
+    if (this.changedInodes.size + this.changedEntries.size === 0 || this.timer !== undefined || !this.started) return
+    this.timer = setTimeout(() => {
+      this.timer = undefined
+      this.flush().catch(err => { this.init.onError?.('capture', err as Error) })
+    }, ms)
   }
 
   private serial<T> (fn: () => Promise<T>): Promise<T> {
@@ -209,6 +212,9 @@ export class Replica {
         await this.vol.meta.write(g.ops)
       }
       for (const [ns, fid, ekey] of names) await this.addName(ns, fid, ekey)
+      // Files that were busy: look again soon. Their release may commit nothing (its data was
+      // sealed already), so no batch would tell us when they are free.
+      this.schedule(Math.max(250, this.init.flushDelayMs ?? 30))
     }
   }
 
