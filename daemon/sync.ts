@@ -140,7 +140,7 @@ export class SyncNode {
     let team = await readTeamFile(dataDir)
     const founding = team === undefined
     team ??= { v: 1, id: Buffer.from(newTeamId()).toString('hex'), founder: self, records: [] }
-    const sub = (name: string): any => strata.db.sublevel<string, Uint8Array>(name, { keyEncoding: 'utf8', valueEncoding: 'view' })
+    const sub = (name: string) => strata.db.sublevel<string, Uint8Array>(name, { keyEncoding: 'utf8', valueEncoding: 'view' })
     // libp2p and net/ log through @libp2p/logger (debug): errors always, all of it with DEBUG=strata*.
     enableDebug(process.env.DEBUG ?? 'strata:*:error')
     const lg = prefixLogger('strata')

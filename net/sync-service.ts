@@ -14,8 +14,7 @@
  */
 import type { ComponentLogger, Logger } from '@libp2p/interface'
 import { defaultLogger } from '@libp2p/logger'
-import type { LogStore, AcceptedEntry } from './log/index.js'
-import type { LogSync } from './log/index.js'
+import type { LogStore, AcceptedEntry, LogSync } from './log/index.js'
 import type { BlockExchange } from './block-exchange.js'
 import { decodeChangeSet, encodeChangeSet, type ChangeSet } from '../fs/volume/sync-objects.js'
 

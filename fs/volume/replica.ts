@@ -30,7 +30,7 @@ import { decodeDirent } from './records.js'
 import { ROOT_INO, type FileType } from './types.js'
 import type { BatchOp } from './meta-store.js'
 import {
-  bumpVv, compareVv, mergeVv, stateHash, vvLeq, vvText,
+  bumpVv, compareVv, mergeVv, stateHash, vvLeq, vvText, type VvOrder,
   type ChangeSet, type DirentObject, type InodeObject, type SyncObject, type VersionVector
 } from './sync-objects.js'
 
@@ -335,14 +335,21 @@ export class Replica {
     return true
   }
 
-  private async applyEntry (ns: string, o: DirentObject): Promise<boolean> {
+  /** Where a dirent object lands here and how it orders against our state; undefined: parent unknown. */
+  private async entryTarget (o: DirentObject): Promise<{ pino: number, name: Buffer, ekey: string, key: string, st: DirentState | undefined, order: VvOrder } | undefined> {
     const pino = await this.vol.inoOfFid(o.p)
-    if (pino === undefined) return false
+    if (pino === undefined) return undefined
     const name = Buffer.from(o.n, 'base64')
     const ekey = await this.vol.entryKey(pino, name)
     const key = `V/${ekey}`
     const st = await this.readState<DirentState>(key)
-    const order = compareVv(st?.vv ?? {}, o.vv)
+    return { pino, name, ekey, key, st, order: compareVv(st?.vv ?? {}, o.vv) }
+  }
+
+  private async applyEntry (ns: string, o: DirentObject): Promise<boolean> {
+    const target = await this.entryTarget(o)
+    if (target === undefined) return false
+    const { pino, name, ekey, key, st, order } = target
     if (order === 'equal' || order === 'after') return true
     let childIno = await this.vol.inoOfFid(o.c)
     if (childIno === undefined && !this.incoming.has(o.c)) return false
@@ -376,13 +383,9 @@ export class Replica {
   }
 
   private async applyRemoval (ns: string, o: DirentObject): Promise<boolean> {
-    const pino = await this.vol.inoOfFid(o.p)
-    if (pino === undefined) return true // the directory is gone here, and its entries with it
-    const name = Buffer.from(o.n, 'base64')
-    const ekey = await this.vol.entryKey(pino, name)
-    const key = `V/${ekey}`
-    const st = await this.readState<DirentState>(key)
-    const order = compareVv(st?.vv ?? {}, o.vv)
+    const target = await this.entryTarget(o)
+    if (target === undefined) return true // the directory is gone here, and its entries with it
+    const { pino, name, key, st, order } = target
     if (order === 'equal' || order === 'after') return true
     const merged: DirentState = { vv: mergeVv(st?.vv ?? {}, o.vv), h: stateHash(o), by: o.by, p: o.p, n: o.n, c: o.c, t: o.t, dead: true }
     const cur = await this.vol.entry(pino, name)
