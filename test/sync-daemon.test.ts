@@ -11,43 +11,15 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createStrataNode } from '../net/node.js'
 import { LOG_PROTOCOL } from '../net/log/index.js'
 import { join } from 'node:path'
-import { makeDrive, sh, strata, treeHash, type Drive } from './helpers/mount.js'
-
-interface Teardownable { teardown: (fn: () => void | Promise<void>) => void }
-
-const LOOPBACK = (cfg: Record<string, any>): Record<string, any> => ({ ...cfg, sync: { ...cfg.sync, listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false } })
-
-async function ok (args: string[]): Promise<string> {
-  const r = await strata(args)
-  if (r.code !== 0) throw new Error(`strata ${args.join(' ')} failed (${r.code}): ${r.stderr}`)
-  return r.stdout
-}
-
-async function status (d: Drive): Promise<any> {
-  return JSON.parse(await ok(['status', '--json', '--data', d.dataDir]))
-}
-
-/** A new device joined to `inviter`'s team and mounted. */
-async function joinDrive (t: Teardownable, inviter: Drive, name: string): Promise<Drive> {
-  const code = (await ok(['invite', '--data', inviter.dataDir])).trim().split('\n').pop() as string
-  return await makeDrive(t, {
-    create: async dataDir => { await ok(['join', code, '--data', dataDir, '--name', name]) },
-    config: LOOPBACK
-  })
-}
+import { makeDrive, sh, strata, type Drive } from './helpers/mount.js'
+import { LOOPBACK, joinDrive, ok, same, status, until } from './helpers/team.js'
 
 /** Poll until fn() is true; fails the test with `what` after `ms` (a bound, not a timing claim). */
 async function waitFor (t: { fail: (msg: string) => void }, what: string, fn: () => Promise<boolean>, ms = 60_000): Promise<boolean> {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await fn().catch(() => false)) return true
-    await new Promise(resolve => setTimeout(resolve, 200))
-  }
+  if (await until(fn, ms)) return true
   t.fail(`timed out waiting: ${what}`)
   return false
 }
-
-const same = (a: Drive, b: Drive) => async (): Promise<boolean> => await treeHash(a.mnt) === await treeHash(b.mnt)
 
 t.test('two devices: enrolment, then every kind of change converges both ways', async t => {
   const a = await makeDrive(t, { config: LOOPBACK })
