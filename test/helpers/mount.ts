@@ -39,6 +39,11 @@ export async function strata (args: string[], env: NodeJS.ProcessEnv = {}): Prom
   return await run(process.execPath, [BIN, ...args], { env })
 }
 
+/** `strata ARGS` inside network namespace `netns` only (the mount namespace stays this one's). */
+export async function strataIn (netns: string, args: string[]): Promise<RunResult> {
+  return await run('nsenter', [`--net=/run/netns/${netns}`, process.execPath, BIN, ...args])
+}
+
 export interface Drive {
   mnt: string
   dataDir: string
@@ -66,6 +71,8 @@ export interface MakeDriveOptions {
   create?: (dataDir: string) => Promise<void>
   /** Edit strata.json before the first mount. */
   config?: (cfg: Record<string, any>) => Record<string, any>
+  /** Run the daemon inside this network namespace (`ip netns`); its mount is visible here. */
+  netns?: string
 }
 
 export async function makeDrive (t: Teardownable, options: MakeDriveOptions = {}): Promise<Drive> {
@@ -90,7 +97,8 @@ export async function makeDrive (t: Teardownable, options: MakeDriveOptions = {}
     root,
     pid: () => daemonPid(dataDir) ?? lastPid,
     mount: async () => {
-      const r = await strata(['mount', mnt, '--data', dataDir])
+      const args = ['mount', mnt, '--data', dataDir]
+      const r = options.netns !== undefined ? await strataIn(options.netns, args) : await strata(args)
       if (r.code !== 0) throw new Error(`strata mount failed (${r.code}): ${r.stderr}${r.stdout}`)
       lastPid = daemonPid(dataDir)
     },
