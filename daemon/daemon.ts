@@ -134,6 +134,7 @@ export class Daemon {
       this.strata = await openStrata({
         dataDir,
         pinEnv: this.options.pinEnv,
+        tokenLog: createLogger({ trace: process.env.STRATA_TRACE === '1' }).forComponent('hsm:token'),
         volume: { onBackgroundError: (what, err) => { volLog.error('background %s failed (data kept, retried later): %e', what, err) } }
       })
     } catch (err) {

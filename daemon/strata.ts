@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto'
 import { mkdir, readFile, writeFile, access, readdir, chmod, rm, rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
-import { Pkcs11Token, KeyHierarchy, readPin, DEFAULT_MODULE, type CustodyFaultHook, type TokenFaults } from '../hsm/index.js'
+import { Pkcs11Token, KeyHierarchy, readPin, DEFAULT_MODULE, type CustodyFaultHook, type TokenFaults, type TokenLog } from '../hsm/index.js'
 import { StrataVolume, resumeRotations, type VolumeInit } from '../fs/volume/index.js'
 import { LogBlockStore, LevelBlockStore, LevelKeyRecordStore, type BlockStore, type Db } from '../fs/store/index.js'
 import { VolumeFormatError } from '../fs/errors.js'
@@ -30,6 +30,11 @@ export interface StrataConfigFile {
     softhsmConf?: string
   }
   blockStore: 'log' | 'level'
+  /** Key hierarchy tunables; absent: defaults (hsm/constants.ts). */
+  keys?: {
+    /** How long an unwrapped NEK stays in memory (ms): the longest a removed token goes unnoticed. */
+    nekCacheMs?: number
+  }
   /** LAN sync (daemon/sync.ts); absent: on, with defaults. */
   sync?: {
     enabled?: boolean
@@ -51,6 +56,8 @@ export interface OpenOptions {
   /** Test-only hooks. */
   custodyFaultHook?: CustodyFaultHook
   tokenFaults?: TokenFaults
+  /** Where the token reports retries, losses and recoveries. */
+  tokenLog?: TokenLog
 }
 
 export interface Strata {
@@ -93,6 +100,10 @@ export async function readConfig (dataDir: string): Promise<StrataConfigFile> {
   }
   if (cfg.format !== 1 || typeof cfg.token?.label !== 'string' || typeof cfg.token?.module !== 'string') {
     throw new VolumeFormatError(`${file} is not a Strata configuration of a supported format`)
+  }
+  const nekCacheMs = cfg.keys?.nekCacheMs
+  if (nekCacheMs !== undefined && (typeof nekCacheMs !== 'number' || !Number.isFinite(nekCacheMs) || nekCacheMs < 0)) {
+    throw new VolumeFormatError(`${file}: "keys.nekCacheMs" must be a number of milliseconds >= 0`)
   }
   if (cfg.blockStore !== 'log' && cfg.blockStore !== 'level') throw new VolumeFormatError(`${file}: blockStore must be "log" or "level"`)
   const sync = cfg.sync as Record<string, unknown> | undefined
@@ -238,7 +249,7 @@ export async function openStrata (options: OpenOptions, create = false): Promise
     if (first !== undefined) throw first
   }
   try {
-    const token = await Pkcs11Token.open({ module: cfg.token.module, label: cfg.token.label, pin, faults: options.tokenFaults })
+    const token = await Pkcs11Token.open({ module: cfg.token.module, label: cfg.token.label, pin, faults: options.tokenFaults, log: options.tokenLog })
     pin.fill(0)
     cleanup.push(async () => { await token.close() })
     const db: Db = new ClassicLevel<string, Uint8Array>(join(dataDir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'view' })
@@ -248,7 +259,7 @@ export async function openStrata (options: OpenOptions, create = false): Promise
     const keySub = db.sublevel<string, Uint8Array>('keys', { keyEncoding: 'utf8', valueEncoding: 'view' })
     if (create && options.seedKeys !== undefined) await keySub.batch(options.seedKeys.map(([k, v]) => ({ type: 'put' as const, key: k, value: Buffer.from(v, 'base64') })))
     const store = new LevelKeyRecordStore(keySub, async () => { await blocksRef?.sync() })
-    const keys = await KeyHierarchy.open({ token, store }, { nekCacheMs: options.nekCacheMs, custodyFaultHook: options.custodyFaultHook })
+    const keys = await KeyHierarchy.open({ token, store }, { nekCacheMs: options.nekCacheMs ?? cfg.keys?.nekCacheMs, custodyFaultHook: options.custodyFaultHook })
     cleanup.push(async () => { await keys.close() })
     let blocks: BlockStore
     if (cfg.blockStore === 'level') {

@@ -21,3 +21,12 @@ export const KCV_BYTES = 8
 /** AES-GCM nonce and tag sizes used for wrapping NEKs in the token. */
 export const GCM_IV_BYTES = 12
 export const GCM_TAG_BYTES = 16
+
+/** Attempts of an idempotent token call that failed transiently (CKR_DEVICE_ERROR, a lost session). */
+export const TOKEN_ATTEMPTS = 3
+
+/** Pause before retry N of a token call: N times this. */
+export const TOKEN_RETRY_MS = 50
+
+/** While the token is unreachable, how often a call may try to bring it back (re-initialising the module). */
+export const TOKEN_RECOVERY_INTERVAL_MS = 1000

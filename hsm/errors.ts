@@ -55,8 +55,14 @@ export class TeamDisabledError extends HsmError {
 
 /** The TEK was destroyed (crypto-shredded): nothing it protected can be read again. */
 export class TeamDestroyedError extends HsmError {
-  constructor (options?: ErrorOptions) {
-    super('the team key was destroyed: this data can never be read again', 'ERR_TEAM_DESTROYED', options)
+  /**
+   * `missingFrom`: the volume was never told of a destruction, the key is just not in this token
+   * (destroyed by other means, or the token's object files are damaged or missing).
+   */
+  constructor (options?: ErrorOptions & { missingFrom?: string }) {
+    super(options?.missingFrom === undefined
+      ? 'the team key was destroyed: this data can never be read again'
+      : `the team key is not in PKCS#11 token "${options.missingFrom}": it was destroyed, or the token's object files are damaged or missing (restore them from a backup to read this data)`, 'ERR_TEAM_DESTROYED', options)
   }
 }
 
@@ -79,9 +85,26 @@ export class NamespaceKeyNotFoundError extends HsmError {
 /** Any other PKCS#11 failure; `ckr` is the CKR_* name reported by the module. */
 export class TokenError extends HsmError {
   readonly ckr: string
-  constructor (operation: string, ckr: string, options?: ErrorOptions) {
-    super(`token operation ${operation} failed: ${ckr}`, 'ERR_HSM_TOKEN', options)
+  constructor (operation: string, ckr: string, options?: ErrorOptions & { message?: string, code?: string }) {
+    super(options?.message ?? `token operation ${operation} failed: ${ckr}`, options?.code ?? 'ERR_HSM_TOKEN', options)
     this.ckr = ckr
+  }
+}
+
+/**
+ * The token cannot be reached: its store vanished, the module failed, or it was removed. Each
+ * call fails fast with this error while the token retries, at most once a second, to come back
+ * (re-initialising the module); `reason` is the CKR_* value that revealed the loss.
+ */
+export class TokenUnavailableError extends TokenError {
+  readonly reason: string
+  constructor (label: string, reason: string, options?: ErrorOptions) {
+    super('access', 'CKR_TOKEN_NOT_PRESENT', {
+      ...options,
+      message: `PKCS#11 token "${label}" is unavailable (${reason}: its store is gone or the module failed); retrying to reach it`,
+      code: 'ERR_HSM_TOKEN_UNAVAILABLE'
+    })
+    this.reason = reason
   }
 }
 

@@ -1,5 +1,5 @@
 export { Pkcs11Token } from './token.js'
-export type { Token, KeyHandle, SecretKeyInfo, GcmParams, KeyUsage, TokenFaults, Pkcs11TokenInit, InitTokenOptions } from './token.js'
+export type { Token, KeyHandle, SecretKeyInfo, GcmParams, KeyUsage, TokenFaults, TokenLog, Pkcs11TokenInit, InitTokenOptions } from './token.js'
 export { KeyHierarchy } from './key-hierarchy.js'
 export type { KeyHierarchyComponents, KeyHierarchyInit, RotateOptions } from './key-hierarchy.js'
 export { NekCache } from './nek-cache.js'

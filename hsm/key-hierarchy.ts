@@ -60,6 +60,8 @@ export class KeyHierarchy implements KeyService {
   /** Current NEK version per namespace, filled lazily. */
   private readonly current = new Map<string, number>()
   private destroyed = false
+  /** Set when the TEK is missing from the token although no destruction was recorded. */
+  private missingFrom: string | undefined
   private disabled = false
   private closed = false
   private starting: Promise<void> | undefined
@@ -291,8 +293,10 @@ export class KeyHierarchy implements KeyService {
     const objects = await this.tekObjects()
     if (objects.length === 0) {
       if (team !== undefined) {
-        // The team existed but its TEK is gone from the token: crypto-shredded. Never make a new one.
+        // The team existed but its TEK is gone from the token: crypto-shredded, or the token's
+        // store is damaged (say which token). Never make a new one; change nothing.
         this.destroyed = true
+        this.missingFrom = this.token.label
         return
       }
       await this.createTek(1)
@@ -359,7 +363,7 @@ export class KeyHierarchy implements KeyService {
   private currentTek (): Tek {
     let best: Tek | undefined
     for (const tek of this.teks.values()) if (best === undefined || tek.version > best.version) best = tek
-    if (best === undefined) throw new TeamDestroyedError()
+    if (best === undefined) throw new TeamDestroyedError({ missingFrom: this.missingFrom })
     return best
   }
 
@@ -402,7 +406,7 @@ export class KeyHierarchy implements KeyService {
     for (let attempt = 1; ; attempt++) {
       const bytes = await this.store.get(keyRef)
       if (bytes === undefined) {
-        if (this.destroyed) throw new TeamDestroyedError()
+        if (this.destroyed) throw new TeamDestroyedError({ missingFrom: this.missingFrom })
         throw new NamespaceKeyNotFoundError(keyRef)
       }
       const record = decodeNekRecord(keyRef, bytes)
@@ -425,7 +429,7 @@ export class KeyHierarchy implements KeyService {
 
   /** Unwrap a NEK record in the token. Tag failures are custody errors naming the record. */
   private async unwrap (keyRef: string, namespace: string, version: number, record: NekRecord): Promise<Uint8Array> {
-    if (this.destroyed) throw new TeamDestroyedError()
+    if (this.destroyed) throw new TeamDestroyedError({ missingFrom: this.missingFrom })
     const tek = this.teks.get(record.tekVersion)
     if (tek === undefined) {
       throw Object.assign(new KeyCustodyError(keyRef, `its wrapping TEK v${record.tekVersion} is not in the token`), { retryable: true })
@@ -552,7 +556,7 @@ export class KeyHierarchy implements KeyService {
 
   private usable (): void {
     if (this.closed) throw new HsmClosedError('key service')
-    if (this.destroyed) throw new TeamDestroyedError()
+    if (this.destroyed) throw new TeamDestroyedError({ missingFrom: this.missingFrom })
   }
 
   /** Writers (create, add, retire, rotate, disable, enable, destroy) run one at a time. */

@@ -50,3 +50,27 @@ export const SESSION_LOST = new Set([
   'CKR_USER_NOT_LOGGED_IN',
   'CKR_CRYPTOKI_NOT_INITIALIZED'
 ])
+
+/** Return values worth another try on a fresh session (the device hiccuped, or the session was lost). */
+export const TRANSIENT = new Set([
+  'CKR_DEVICE_ERROR',
+  'CKR_DEVICE_MEMORY',
+  'CKR_FUNCTION_FAILED',
+  'CKR_SESSION_HANDLE_INVALID',
+  'CKR_SESSION_CLOSED',
+  'CKR_USER_NOT_LOGGED_IN'
+])
+
+/**
+ * Return values that may mean the token itself is gone (SoftHSM answers CKR_OBJECT_HANDLE_INVALID
+ * for every key once its store directory vanished): the token checks the slot list before
+ * reporting them as what they say.
+ */
+export const TOKEN_SUSPECT = new Set([
+  ...SESSION_LOST,
+  'CKR_OBJECT_HANDLE_INVALID',
+  'CKR_KEY_HANDLE_INVALID',
+  'CKR_GENERAL_ERROR',
+  'CKR_DEVICE_ERROR',
+  'CKR_TOKEN_NOT_RECOGNIZED'
+])

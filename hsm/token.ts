@@ -1,16 +1,19 @@
 import pkcs11js from 'pkcs11js'
-import { DEFAULT_MODULE, DEFAULT_SESSIONS } from './constants.js'
-import { HsmClosedError, InvalidKeyArgumentError, PinLockedError, TokenError, TokenNotFoundError, WrongPinError } from './errors.js'
-import { acquireModule, pinDigest, releaseModule, sameDigest } from './pkcs11-module.js'
+import { DEFAULT_MODULE, DEFAULT_SESSIONS, TOKEN_ATTEMPTS, TOKEN_RECOVERY_INTERVAL_MS, TOKEN_RETRY_MS } from './constants.js'
+import { HsmClosedError, InvalidKeyArgumentError, PinLockedError, TokenError, TokenNotFoundError, TokenUnavailableError, WrongPinError } from './errors.js'
+import { HandleRegistry } from './handle-registry.js'
+import { acquireModule, enterCall, leaveCall, pinDigest, reinitializeModule, releaseModule, sameDigest } from './pkcs11-module.js'
 import type { LoadedModule } from './pkcs11-module.js'
-import { ckrName, ckrValue, mapTokenError, SESSION_LOST } from './pkcs11-errors.js'
+import { ckrName, ckrValue, mapTokenError, SESSION_LOST, TOKEN_SUSPECT, TRANSIENT } from './pkcs11-errors.js'
 import { SessionPool } from './session-pool.js'
+import { call, checkLabel, findSlot, gcm, pinString, readKeyInfo } from './token-calls.js'
+import { asBuffer, plain } from './token-session.js'
 
 const {
-  CKA_CHECK_VALUE, CKA_CLASS, CKA_DECRYPT, CKA_ENCRYPT, CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE,
+  CKA_CLASS, CKA_DECRYPT, CKA_ENCRYPT, CKA_EXTRACTABLE, CKA_ID, CKA_KEY_TYPE,
   CKA_LABEL, CKA_PRIVATE, CKA_SENSITIVE, CKA_TOKEN, CKA_VALUE_LEN, CKF_RW_SESSION,
-  CKF_SERIAL_SESSION, CKF_TOKEN_INITIALIZED, CKF_USER_PIN_LOCKED, CKK_AES, CKM_AES_GCM,
-  CKM_AES_KEY_GEN, CKO_SECRET_KEY, CKU_SO, CKU_USER, CK_PARAMS_AES_GCM
+  CKF_SERIAL_SESSION, CKF_TOKEN_INITIALIZED, CKF_USER_PIN_LOCKED, CKK_AES,
+  CKM_AES_KEY_GEN, CKO_SECRET_KEY, CKU_SO, CKU_USER
 } = pkcs11js
 
 type Handle = Buffer
@@ -62,6 +65,18 @@ export interface TokenFaults {
   stallMs?: (op: string, n: number) => number
 }
 
+/** Where the token reports retries and recoveries (the daemon's logger fits). */
+export interface TokenLog {
+  (fmt: string, ...args: unknown[]): void
+  error: (fmt: string, ...args: unknown[]) => void
+}
+
+/** The module does not know a handle (any more): after a logout SoftHSM renumbers private objects. */
+const HANDLE_INVALID = new Set(['CKR_OBJECT_HANDLE_INVALID', 'CKR_KEY_HANDLE_INVALID'])
+
+/** Operations that may run again after a transient failure (no object is created or destroyed). */
+const IDEMPOTENT = new Set(['encrypt', 'decrypt', 'find', 'getAttributes', 'setAttributes', 'random'])
+
 export interface Pkcs11TokenInit {
   /** Path of the PKCS#11 module; defaults to SoftHSM2. */
   module?: string
@@ -72,6 +87,7 @@ export interface Pkcs11TokenInit {
   /** Sessions in the pool. */
   sessions?: number
   faults?: TokenFaults
+  log?: TokenLog
 }
 
 export interface InitTokenOptions {
@@ -88,8 +104,21 @@ export class Pkcs11Token implements Token {
   private readonly pool: SessionPool<Handle>
   private readonly faults: TokenFaults | undefined
   private readonly calls = new Map<string, number>()
+  private readonly handles = new HandleRegistry()
+  private readonly log: TokenLog | undefined
   private slot: Handle
   private closing: Promise<void> | undefined
+  /** The module generation our sessions and handles belong to. */
+  private generation: number
+  /** Set while the token is unreachable: the CKR that revealed it and when to try again. */
+  private lost: { reason: string, nextTry: number } | undefined
+  private recovering: Promise<void> | undefined
+  /**
+   * A logged-in session used for nothing else: closing an application's last session logs it
+   * out, and SoftHSM then drops the handles of private objects (our TEKs). Pool sessions may be
+   * closed (broken, replaced) without that effect while this one stays open.
+   */
+  private anchor: Handle | undefined
 
   /** Open the token labelled `init.label` and log in. Throws ModuleNotFoundError, TokenNotFoundError, WrongPinError, PinLockedError. */
   static async open (init: Pkcs11TokenInit): Promise<Pkcs11Token> {
@@ -126,9 +155,11 @@ export class Pkcs11Token implements Token {
   constructor (init: Pkcs11TokenInit) {
     this.label = checkLabel(init.label)
     this.faults = init.faults
+    this.log = init.log
     this.pin = typeof init.pin === 'string' ? new Uint8Array(Buffer.from(init.pin, 'utf8')) : new Uint8Array(init.pin)
     if (this.pin.byteLength === 0) throw new WrongPinError()
     this.module = acquireModule(init.module ?? DEFAULT_MODULE)
+    this.generation = this.module.generation
     try {
       const slot = findSlot(this.module, this.label)
       if (slot === undefined) throw new TokenNotFoundError(this.label)
@@ -163,7 +194,7 @@ export class Pkcs11Token implements Token {
         { type: CKA_LABEL, value: label },
         { type: CKA_ID, value: Buffer.from(options.id) }
       ])
-      return readKeyInfo(p, s, handle)
+      return this.keyInfo(p, s, handle)
     })
   }
 
@@ -180,20 +211,23 @@ export class Pkcs11Token implements Token {
       } finally {
         p.C_FindObjectsFinal(s)
       }
-      return handles.map(h => readKeyInfo(p, s, h)).filter(k => k.label.startsWith(labelPrefix))
+      const keys = handles.map(h => this.keyInfo(p, s, h)).filter(k => k.label.startsWith(labelPrefix))
+      // SoftHSM answers "no objects" while its store directory is gone: never let that read as "no keys".
+      if (keys.length === 0 && !this.reachable()) throw new TokenError('find', 'CKR_TOKEN_NOT_PRESENT')
+      return keys
     })
   }
 
   async encrypt (key: KeyHandle, data: Uint8Array, params: GcmParams): Promise<Uint8Array> {
-    return await this.run('encrypt', async (s, p) => {
-      p.C_EncryptInit(s, gcm(params), asBuffer(key))
+    return await this.runOnKey('encrypt', key, async (s, p) => {
+      p.C_EncryptInit(s, gcm(params), this.raw(s, p, key))
       return plain(await p.C_EncryptAsync(s, asBuffer(data), Buffer.alloc(data.byteLength + 16)))
     })
   }
 
   async decrypt (key: KeyHandle, data: Uint8Array, params: GcmParams): Promise<Uint8Array> {
-    return await this.run('decrypt', async (s, p) => {
-      p.C_DecryptInit(s, gcm(params), asBuffer(key))
+    return await this.runOnKey('decrypt', key, async (s, p) => {
+      p.C_DecryptInit(s, gcm(params), this.raw(s, p, key))
       const out = Buffer.alloc(data.byteLength)
       try {
         return plain(await p.C_DecryptAsync(s, asBuffer(data), out))
@@ -205,8 +239,8 @@ export class Pkcs11Token implements Token {
   }
 
   async setKeyUsage (key: KeyHandle, usage: KeyUsage): Promise<void> {
-    await this.run('setAttributes', async (s, p) => {
-      p.C_SetAttributeValue(s, asBuffer(key), [
+    await this.runOnKey('setAttributes', key, async (s, p) => {
+      p.C_SetAttributeValue(s, this.raw(s, p, key), [
         { type: CKA_ENCRYPT, value: usage.encrypt },
         { type: CKA_DECRYPT, value: usage.decrypt }
       ])
@@ -214,14 +248,14 @@ export class Pkcs11Token implements Token {
   }
 
   async keyUsage (key: KeyHandle): Promise<KeyUsage> {
-    return await this.run('getAttributes', async (s, p) => {
-      const [enc, dec] = p.C_GetAttributeValue(s, asBuffer(key), [{ type: CKA_ENCRYPT }, { type: CKA_DECRYPT }])
+    return await this.runOnKey('getAttributes', key, async (s, p) => {
+      const [enc, dec] = p.C_GetAttributeValue(s, this.raw(s, p, key), [{ type: CKA_ENCRYPT }, { type: CKA_DECRYPT }])
       return { encrypt: enc?.value[0] === 1, decrypt: dec?.value[0] === 1 }
     })
   }
 
   async destroyObject (key: KeyHandle): Promise<void> {
-    await this.run('destroy', async (s, p) => { p.C_DestroyObject(s, asBuffer(key)) })
+    await this.run('destroy', async (s, p) => { p.C_DestroyObject(s, this.raw(s, p, key)) })
   }
 
   async random (length: number): Promise<Uint8Array> {
@@ -233,6 +267,10 @@ export class Pkcs11Token implements Token {
   async close (): Promise<void> {
     this.closing ??= (async () => {
       await this.pool.close()
+      if (this.anchor !== undefined && this.generation === this.module.generation) {
+        try { this.module.pkcs11.C_CloseSession(this.anchor) } catch {}
+      }
+      this.anchor = undefined
       const login = this.module.logins.get(this.label)
       if (login !== undefined && --login.users === 0) this.module.logins.delete(this.label)
       this.pin.fill(0)
@@ -241,23 +279,145 @@ export class Pkcs11Token implements Token {
     await this.closing
   }
 
-  /** Run one operation on a pooled session; map errors; replace the session if it was lost. */
+  /**
+   * Run one operation on a pooled session with our error mapping. A transient failure of an
+   * idempotent operation (CKR_DEVICE_ERROR, a lost session) is retried on a fresh session, up to
+   * TOKEN_ATTEMPTS in all; a token found unreachable fails fast (TokenUnavailableError) until a
+   * later call brings it back.
+   */
   private async run<T> (op: string, fn: (s: Handle, p: LoadedModule['pkcs11']) => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.attempt(op, fn)
+      } catch (err) {
+        const ckr = ckrName(err) ?? ''
+        if (!IDEMPOTENT.has(op) || !TRANSIENT.has(ckr) || err instanceof TokenUnavailableError || attempt >= TOKEN_ATTEMPTS) {
+          if (TRANSIENT.has(ckr) && attempt > 1) this.log?.error('token "%s": %s failed with %s %d times, giving up', this.label, op, ckr, attempt)
+          throw err
+        }
+        this.log?.('token "%s": %s failed with %s, retrying on a fresh session (%d of %d)', this.label, op, ckr, attempt + 1, TOKEN_ATTEMPTS)
+        await new Promise(resolve => setTimeout(resolve, TOKEN_RETRY_MS * attempt))
+      }
+    }
+  }
+
+  private async attempt<T> (op: string, fn: (s: Handle, p: LoadedModule['pkcs11']) => Promise<T>): Promise<T> {
     if (this.closing !== undefined) throw new HsmClosedError('token')
+    await this.ensureReachable()
     const n = (this.calls.get(op) ?? 0) + 1
     this.calls.set(op, n)
-    const session = await this.pool.acquire().catch((err: unknown) => { throw mapTokenError('C_OpenSession', err) })
+    const session = await this.pool.acquire().catch((err: unknown) => { throw this.diagnose('C_OpenSession', err) })
     let broken = false
     try {
       await this.inject(op, n)
-      return await fn(session, this.module.pkcs11)
+      await enterCall(this.module)
+      try {
+        // Opened before a re-initialisation: the handle is dead (or names someone else's session).
+        if (!this.pool.isCurrent(session)) throw new TokenError(op, 'CKR_SESSION_HANDLE_INVALID')
+        return await fn(session, this.module.pkcs11)
+      } finally {
+        leaveCall(this.module)
+      }
     } catch (err) {
-      const mapped = mapTokenError(op, err)
-      broken = SESSION_LOST.has(ckrName(mapped) ?? '')
+      const mapped = this.diagnose(op, err)
+      const ckr = ckrName(mapped) ?? ''
+      broken = SESSION_LOST.has(ckr) || TRANSIENT.has(ckr)
       throw mapped
     } finally {
       this.pool.release(session, broken)
     }
+  }
+
+  /** Map an error; one that may mean the token is gone is checked against the slot list. */
+  private diagnose (op: string, err: unknown): Error {
+    const mapped = mapTokenError(op, err)
+    const ckr = ckrName(mapped)
+    if (mapped instanceof TokenUnavailableError || ckr === undefined || !TOKEN_SUSPECT.has(ckr) || this.reachable()) return mapped
+    this.lost ??= { reason: ckr, nextTry: 0 }
+    this.log?.error('token "%s" is unreachable (%s during %s): calls fail until it is back', this.label, ckr, op)
+    return new TokenUnavailableError(this.label, ckr, { cause: mapped })
+  }
+
+  /** The module still lists our token (and where: a re-inserted token may have a new slot id). */
+  private reachable (): boolean {
+    try {
+      const slot = findSlot(this.module, this.label)
+      if (slot === undefined) return false
+      this.slot = slot
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  /** Before each call: adopt a module re-initialisation, or try to bring a lost token back. */
+  private async ensureReachable (): Promise<void> {
+    if (this.lost === undefined && this.generation === this.module.generation) return
+    this.recovering ??= this.recover().finally(() => { this.recovering = undefined })
+    await this.recovering
+  }
+
+  private async recover (): Promise<void> {
+    const lost = this.lost
+    if (lost !== undefined) {
+      if (Date.now() < lost.nextTry) throw new TokenUnavailableError(this.label, lost.reason)
+      lost.nextTry = Date.now() + TOKEN_RECOVERY_INTERVAL_MS
+      try {
+        await reinitializeModule(this.module, this.generation)
+      } catch (err) {
+        this.adoptGeneration()
+        throw new TokenUnavailableError(this.label, ckrName(err) ?? lost.reason, { cause: err })
+      }
+    }
+    this.adoptGeneration()
+    if (!this.reachable()) throw new TokenUnavailableError(this.label, lost?.reason ?? 'CKR_TOKEN_NOT_PRESENT')
+    this.anchor ??= this.openSession()
+    if (lost !== undefined) {
+      this.lost = undefined
+      this.log?.('token "%s" is reachable again (module re-initialised); resuming', this.label)
+    }
+  }
+
+  /** Sessions of an older generation are dead; new ones are opened (and logged in) on demand. */
+  private adoptGeneration (): void {
+    if (this.generation === this.module.generation) return
+    this.pool.reset()
+    this.anchor = undefined
+    this.generation = this.module.generation
+  }
+
+  /**
+   * run() for an operation on a key we lent out. If the module no longer knows the key's handle
+   * (SoftHSM renumbers private objects after a logout), find the key again by label and id, once.
+   */
+  private async runOnKey<T> (op: string, key: KeyHandle, fn: (s: Handle, p: LoadedModule['pkcs11']) => Promise<T>): Promise<T> {
+    try {
+      return await this.run(op, fn)
+    } catch (err) {
+      if (!HANDLE_INVALID.has(ckrName(err) ?? '') || !this.handles.forget(key)) throw err
+      this.log?.('token "%s": %s: key handle no longer valid, looking the key up again', this.label, op)
+      return await this.run(op, fn)
+    }
+  }
+
+  /** The module's handle for a key handle we lent out (re-found by label and id after a re-initialisation). */
+  private raw (s: Handle, p: LoadedModule['pkcs11'], key: KeyHandle): Buffer {
+    const raw = this.handles.resolve(key, this.generation, (label, id) => {
+      p.C_FindObjectsInit(s, [{ type: CKA_CLASS, value: CKO_SECRET_KEY }, { type: CKA_LABEL, value: label }, { type: CKA_ID, value: id }])
+      try {
+        return p.C_FindObjects(s, 1)[0]
+      } finally {
+        p.C_FindObjectsFinal(s)
+      }
+    })
+    if (raw === undefined) throw new TokenError('find', 'CKR_OBJECT_HANDLE_INVALID')
+    return raw
+  }
+
+  private keyInfo (p: LoadedModule['pkcs11'], s: Handle, handle: Handle): SecretKeyInfo {
+    const info = readKeyInfo(p, s, handle)
+    this.handles.register(handle, this.generation, info.label, info.id)
+    return info
   }
 
   private async inject (op: string, n: number): Promise<void> {
@@ -316,8 +476,7 @@ export class Pkcs11Token implements Token {
       try { p.C_CloseSession(s) } catch {}
       throw err
     }
-    // Keep it: closing the application's last session would log the user out again.
-    this.pool.adopt(s)
+    this.anchor = s
     if (shared !== undefined) shared.users++
     else this.module.logins.set(this.label, { users: 1, pinDigest: digest })
   }
@@ -331,72 +490,5 @@ export class Pkcs11Token implements Token {
     } finally {
       pin.fill(0)
     }
-  }
-}
-
-function findSlot (module: LoadedModule, label: string): Handle | undefined {
-  const p = module.pkcs11
-  for (const slot of call('C_GetSlotList', () => p.C_GetSlotList(true))) {
-    const info = call('C_GetTokenInfo', () => p.C_GetTokenInfo(slot))
-    if ((info.flags & CKF_TOKEN_INITIALIZED) !== 0 && stripLabel(info.label) === label) return slot
-  }
-  return undefined
-}
-
-/** Token labels come back padded with spaces and/or NULs. */
-function stripLabel (label: string): string {
-  return label.replace(/[\0 ]+$/, '')
-}
-
-function checkLabel (label: string): string {
-  if (typeof label !== 'string' || label.length === 0 || Buffer.byteLength(label) > 32 || stripLabel(label) !== label) {
-    throw new InvalidKeyArgumentError('a label is 1-32 bytes without trailing spaces')
-  }
-  return label
-}
-
-function readKeyInfo (p: LoadedModule['pkcs11'], s: Handle, handle: Handle): SecretKeyInfo {
-  const [label, id] = p.C_GetAttributeValue(s, handle, [{ type: CKA_LABEL }, { type: CKA_ID }])
-  let checkValue = new Uint8Array(0)
-  try {
-    const [cv] = p.C_GetAttributeValue(s, handle, [{ type: CKA_CHECK_VALUE }])
-    if (cv !== undefined) checkValue = new Uint8Array(cv.value)
-  } catch {}
-  return {
-    handle,
-    label: label?.value.toString('utf8') ?? '',
-    id: new Uint8Array(id?.value ?? []),
-    checkValue
-  }
-}
-
-function gcm (params: GcmParams): { mechanism: number, parameter: { type: number, iv: Buffer, aad: Buffer, ivBits: number, tagBits: number } } {
-  if (params.iv.byteLength !== 12) throw new InvalidKeyArgumentError('GCM IV must be 12 bytes')
-  return {
-    mechanism: CKM_AES_GCM,
-    parameter: { type: CK_PARAMS_AES_GCM, iv: asBuffer(params.iv), aad: asBuffer(params.aad), ivBits: 96, tagBits: 128 }
-  }
-}
-
-/** A plain Uint8Array view of a Buffer (so that `.slice()` copies, as callers expect). No copy of secrets. */
-function plain (b: Buffer): Uint8Array {
-  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength)
-}
-
-/** A Buffer view of the same memory (no copy of secrets). */
-function asBuffer (b: Uint8Array): Buffer {
-  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)
-}
-
-function pinString (pin: Uint8Array | string): string {
-  return typeof pin === 'string' ? pin : Buffer.from(pin).toString('utf8')
-}
-
-/** A sync pkcs11js call with our error mapping. */
-function call<T> (operation: string, fn: () => T): T {
-  try {
-    return fn()
-  } catch (err) {
-    throw mapTokenError(operation, err)
   }
 }

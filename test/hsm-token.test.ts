@@ -1,11 +1,11 @@
 import t from 'tap'
-import { writeFileSync } from 'node:fs'
+import { renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import pkcs11js from 'pkcs11js'
 import {
   Pkcs11Token, ModuleNotFoundError, TokenNotFoundError, WrongPinError, PinLockedError, PinMissingError,
-  TokenError, InvalidKeyArgumentError, readPin, keyCheckValue, kcvEqual
+  TokenError, TokenUnavailableError, InvalidKeyArgumentError, readPin, keyCheckValue, kcvEqual
 } from '../hsm/index.js'
 import { makeToken, openToken, lockUserPin } from './helpers/softhsm.js'
 
@@ -107,20 +107,56 @@ t.test('operations are serialised per session (pool of 2, 64 concurrent calls)',
   t.same(await Promise.all(jobs), Array(64).fill(true))
 })
 
-t.test('fault injection: Nth call fails, lost session is replaced', async t => {
+t.test('fault injection: transient failures are retried on fresh sessions, a persistent one is reported', async t => {
   const tok = await makeToken(t)
+  const failing = new Set([2, 3, 5, 6, 7])
   const token = await openToken(tok, {
     faults: {
-      failCall: (op, n) => op === 'random' && n === 2 ? 'CKR_DEVICE_ERROR' : op === 'random' && n === 3 ? 'CKR_SESSION_HANDLE_INVALID' : undefined,
+      failCall: (op, n) => op !== 'random' || !failing.has(n) ? undefined : n === 3 ? 'CKR_SESSION_HANDLE_INVALID' : 'CKR_DEVICE_ERROR',
       stallMs: (op, n) => op === 'random' && n === 4 ? 20 : 0
     }
   })
   t.teardown(async () => { await token.close() })
+  const key = await token.generateSecretKey({ label: 'k', id: new Uint8Array([1]) })
+  const iv = new Uint8Array(randomBytes(12))
+  const ct = await token.encrypt(key.handle, new Uint8Array(32).fill(9), { iv, aad })
   t.equal((await token.random(8)).byteLength, 8)
-  await t.rejects(token.random(8), { name: 'TokenError', ckr: 'CKR_DEVICE_ERROR' })
-  await t.rejects(token.random(8), { name: 'TokenError', ckr: 'CKR_SESSION_HANDLE_INVALID' })
-  t.equal((await token.random(8)).byteLength, 8, 'a fresh session (logged in) replaces the lost one')
-  t.equal((await token.random(8)).byteLength, 8)
+  t.equal((await token.random(8)).byteLength, 8, 'CKR_DEVICE_ERROR, then a lost session: retried, succeeds')
+  await t.rejects(token.random(8), { name: 'TokenError', ckr: 'CKR_DEVICE_ERROR' }, 'three failures in a row are reported')
+  t.equal((await token.random(8)).byteLength, 8, 'a fresh session (logged in) replaces the lost ones')
+  t.same(await token.decrypt(key.handle, ct, { iv, aad }), new Uint8Array(32).fill(9), 'closing broken sessions did not log out: the key handle still works')
+})
+
+t.test('token directory removed and restored: named error meanwhile, recovery without reopening, handles still right', async t => {
+  const tok = await makeToken(t)
+  const token = await openToken(tok)
+  t.teardown(async () => { await token.close() })
+  // Two keys, so that a re-initialised module could number them differently.
+  const other = await token.generateSecretKey({ label: 'other', id: new Uint8Array([2]) })
+  const key = await token.generateSecretKey({ label: 'k', id: new Uint8Array([1]) })
+  const iv = new Uint8Array(randomBytes(12))
+  const plain = new Uint8Array(randomBytes(32))
+  const ct = await token.encrypt(key.handle, plain, { iv, aad })
+  const otherCt = await token.encrypt(other.handle, plain, { iv, aad })
+  const dir = join(tok.dir, 'tokens')
+  renameSync(dir, `${dir}.away`)
+  let restored = false
+  t.teardown(() => { if (!restored) renameSync(`${dir}.away`, dir) })
+  await t.rejects(token.decrypt(key.handle, ct, { iv, aad }), TokenUnavailableError)
+  await t.rejects(token.findSecretKeys(''), TokenUnavailableError, 'an unreachable token never answers "no keys"')
+  renameSync(`${dir}.away`, dir)
+  restored = true
+  let back: Uint8Array | undefined
+  for (let i = 0; i < 100 && back === undefined; i++) {
+    back = await token.decrypt(key.handle, ct, { iv, aad }).catch(async (err: unknown) => {
+      if (!(err instanceof TokenUnavailableError)) throw err
+      await new Promise(resolve => setTimeout(resolve, 100))
+      return undefined
+    })
+  }
+  t.same(back, plain, 'the same handle decrypts with the same key after the module was re-initialised')
+  t.same(await token.decrypt(other.handle, otherCt, { iv, aad }), plain)
+  t.same((await token.findSecretKeys('')).map(k => k.label).sort(), ['k', 'other'])
 })
 
 t.test('readPin', async t => {
