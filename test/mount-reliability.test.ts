@@ -9,104 +9,13 @@
  * Waits below are bounds that detect a hang (a failure), never timed assertions.
  */
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createHash, randomInt } from 'node:crypto'
+import { spawn } from 'node:child_process'
+import { randomInt } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, rmSync, mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { makeDrive, sh, strata, treeHash, type RunResult } from './helpers/mount.js'
-
-const PY = '/usr/bin/python3'
-const WRITER = fileURLToPath(new URL('../../test/fixtures/ack-writer.py', import.meta.url))
-
-/**
- * Like the helper's run(), but stdin is /dev/null: a quick child (stat of a dead mount) may exit
- * before a stdin pipe is closed, and the EPIPE would be an uncaught error of this test.
- */
-async function run (cmd: string, args: string[], options: { timeout?: number } = {}): Promise<RunResult> {
-  return await new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''; let stderr = ''
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
-    const timer = setTimeout(() => { stderr += `\n(killed: still running after ${options.timeout ?? 300_000} ms)`; child.kill('SIGKILL') }, options.timeout ?? 300_000)
-    child.on('close', code => { clearTimeout(timer); resolve({ stdout, stderr, code: code ?? -1 }) })
-  })
-}
-
-const sleep = async (ms: number): Promise<void> => { await new Promise(resolve => setTimeout(resolve, ms)) }
-
-function isMounted (mnt: string): boolean {
-  return readFileSync('/proc/self/mounts', 'utf8').split('\n').some(l => l.split(' ')[1] === mnt)
-}
-
-function daemonPid (dataDir: string): number | undefined {
-  try {
-    return (JSON.parse(readFileSync(join(dataDir, 'daemon.json'), 'utf8')) as { pid: number }).pid
-  } catch {
-    return undefined
-  }
-}
-
-/** A process is gone once /proc has no entry for it (a zombie still has one). */
-async function waitGone (pid: number, boundMs: number): Promise<boolean> {
-  const end = Date.now() + boundMs
-  while (Date.now() < end) {
-    if (!existsSync(`/proc/${pid}`)) return true
-    await sleep(50)
-  }
-  return !existsSync(`/proc/${pid}`)
-}
-
-/** Alive and not a zombie. */
-function running (pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return !/^\d+ \(.*\) Z /.test(stat)
-  } catch {
-    return false
-  }
-}
-
-/** The same bytes as record() in test/fixtures/ack-writer.py. */
-function record (seq: number, size: number): Buffer {
-  const head = Buffer.from(String(seq).padStart(8, '0') + ':')
-  let body = ''
-  for (let i = 0; head.length + body.length < size - 1; i++) body += createHash('sha256').update(`${seq}/${i}`).digest('hex')
-  return Buffer.concat([head, Buffer.from(body.slice(0, size - 1 - head.length)), Buffer.from('\n')])
-}
-
-interface Writer { child: ChildProcess, acked: () => number, lines: string[], exited: Promise<number | null> }
-
-function startWriter (logFile: string, markerDir: string, size: number): Writer {
-  const child = spawn(PY, [WRITER, logFile, markerDir, String(size)], { stdio: ['ignore', 'pipe', 'pipe'] })
-  const lines: string[] = []
-  let buf = ''
-  let acked = -1
-  child.stdout?.setEncoding('utf8').on('data', (d: string) => {
-    buf += d
-    let nl: number
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl)
-      buf = buf.slice(nl + 1)
-      lines.push(line)
-      const m = /^ACK (\d+)$/.exec(line)
-      if (m !== null) acked = Number(m[1])
-    }
-  })
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => { lines.push(`stderr: ${d}`) })
-  const exited = new Promise<number | null>(resolve => { child.on('exit', code => { resolve(code) }) })
-  return { child, acked: () => acked, lines, exited }
-}
-
-/** Resolves true when p settles within ms, false otherwise. */
-async function within (p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined
-  const r = await Promise.race([p.then(() => true), new Promise<boolean>(resolve => { timer = setTimeout(() => { resolve(false) }, ms) })])
-  clearTimeout(timer)
-  return r
-}
+import { makeDrive, sh, strata, treeHash } from './helpers/mount.js'
+import { runQuiet as run, sleep, isMounted, daemonPid, waitGone, running, within, startWriter, checkAcked } from './helpers/crash.js'
 
 t.test('kill -9 of the daemon during an fsync\'ing write loop, 20 times: no hang, recovery, fsck clean, every acked byte present', async t => {
   const drive = await makeDrive(t)
@@ -162,29 +71,7 @@ t.test('kill -9 of the daemon during an fsync\'ing write loop, 20 times: no hang
 
     // Every acknowledged record of every round so far is present and byte-exact.
     let bad = ''
-    for (let k = 0; k <= round && bad === ''; k++) {
-      const a = acks[k] as number
-      let data: Buffer
-      try {
-        data = readFileSync(join(drive.mnt, `w${k}.log`))
-      } catch (e) {
-        bad = `w${k}.log unreadable: ${(e as Error).message}`
-        break
-      }
-      const want = Buffer.concat(Array.from({ length: a + 1 }, (_, s) => record(s, SIZE)))
-      if (data.length < want.length) bad = `w${k}.log has ${data.length} bytes, ${a + 1} acked records need ${want.length}`
-      else if (!data.subarray(0, want.length).equals(want)) bad = `w${k}.log: the acked records differ from what was written`
-      for (let s = 0; s <= a && bad === ''; s += 4) {
-        let m: string
-        try {
-          m = readFileSync(join(drive.mnt, `m${k}`, `r${s}`), 'utf8')
-        } catch (e) {
-          bad = `marker m${k}/r${s} (acked) missing: ${(e as Error).message}`
-          break
-        }
-        if (m !== `${s}\n`) bad = `marker m${k}/r${s} holds ${JSON.stringify(m)}`
-      }
-    }
+    for (let k = 0; k <= round && bad === ''; k++) bad = checkAcked(join(drive.mnt, `w${k}.log`), join(drive.mnt, `m${k}`), SIZE, acks[k] as number)
     if (bad !== '') { t.fail(`round ${round} (acked 0..${acked}): ${bad}`); break }
   }
   t.equal(acks.length, ROUNDS, `all ${ROUNDS} rounds ran (acked per round: ${acks.join(',')})`)

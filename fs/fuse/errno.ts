@@ -35,6 +35,8 @@ export function toErrno (err: unknown): ErrnoResult {
       case 'HsmClosedError':
         return { errno: -E.EIO, log: true }
     }
+    // A LevelDB hook refused the write (fs/store/disk-guard.ts: the disk is full): its cause says why.
+    if (e.code === 'LEVEL_HOOK_ERROR' && (err as Error).cause !== undefined) return toErrno((err as Error).cause)
     // Node's own file-system errors (the block store and LevelDB): ENOSPC, EDQUOT, EROFS, EIO.
     if (typeof e.code === 'string') {
       if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return { errno: -E.ENOSPC, log: true }

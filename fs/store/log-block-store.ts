@@ -12,7 +12,7 @@
  */
 import { open, readdir, mkdir, unlink, stat, statfs, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { BlockCorruptError, IntegrityError } from '../errors.js'
+import { BlockCorruptError, FsError, IntegrityError } from '../errors.js'
 import { blockIdMatches } from '../crypto/block-crypto.js'
 import { syncDb, type BlockStore, type Sublevel } from './types.js'
 
@@ -32,6 +32,28 @@ const DEFAULT_RESERVE_BYTES = 32 * 1024 * 1024
 const BYTES_PER_SYNC = 32 * 1024 * 1024
 
 interface Location { seg: number, offset: number, len: number }
+
+/**
+ * writev() may write less than asked (a disk filling up: the rest then fails with ENOSPC), and
+ * Node does not retry: go on until every byte is written or an error is thrown. A record that
+ * fails half-way is never indexed; its bytes are dead space, and later appends go after it.
+ */
+async function writeFully (fh: FileHandle, parts: Uint8Array[], position: number): Promise<void> {
+  let pending = parts.filter(p => p.length > 0)
+  for (let at = position; pending.length > 0;) {
+    const { bytesWritten } = await fh.writev(pending, at)
+    if (bytesWritten === 0) throw new FsError('EIO', `segment write at ${at} made no progress`)
+    at += bytesWritten
+    let skip = bytesWritten
+    const rest: Uint8Array[] = []
+    for (const p of pending) {
+      if (skip >= p.length) { skip -= p.length; continue }
+      rest.push(skip > 0 ? p.subarray(skip) : p)
+      skip = 0
+    }
+    pending = rest
+  }
+}
 
 function encodeLoc (l: Location): Buffer {
   const b = Buffer.allocUnsafe(16)
@@ -69,6 +91,8 @@ export class LogBlockStore implements BlockStore {
   /** Segments compaction removed; their handles stay readable until close(). */
   private readonly retired: Segment[] = []
   private compacting: Promise<{ reclaimedBytes: number }> | undefined
+  /** Closes of retired segments in progress (their space returns when they finish). */
+  private closing: Promise<void> = Promise.resolve()
   private readonly reserveBytes: number
   /** Free bytes last measured, minus what was appended since; re-measured every second. */
   private free = { bytes: Infinity, at: 0 }
@@ -139,16 +163,56 @@ export class LogBlockStore implements BlockStore {
     await this.index.put(hex, encodeLoc(loc))
   }
 
+  /**
+   * Replace a damaged copy with intact bytes (ids are content hashes: a peer's copy is the same
+   * bytes). Like a compaction move: the new copy is durable before the index switches to it, so
+   * a crash leaves either the old (damaged) copy or the new one, never an index entry naming
+   * bytes that are not on disk.
+   */
+  async repair (id: Uint8Array, bytes: Uint8Array): Promise<void> {
+    await this.open()
+    const hex = Buffer.from(id).toString('hex')
+    if (!blockIdMatches(bytes, id)) throw new BlockCorruptError(hex, 'replacement bytes do not hash to the id')
+    const old = await this.locate(hex)
+    const loc = await this.append(id, bytes)
+    await this.sync()
+    await this.index.put(hex, encodeLoc(loc))
+    const seg = old === undefined ? undefined : this.segments.get(old.seg)
+    if (seg !== undefined && old !== undefined) seg.live -= HEADER + old.len
+  }
+
   private async checkSpace (n: number, useReserve: boolean): Promise<void> {
     const reserve = useReserve ? 0 : this.reserveBytes
-    if (Date.now() - this.free.at > 1000 || this.free.bytes - n < reserve) {
-      const s = await statfs(this.dir)
-      this.free = { bytes: s.bavail * s.bsize, at: Date.now() }
+    if (Date.now() - this.free.at > 1000 || this.free.bytes - n < reserve) await this.measureFree()
+    if (this.free.bytes - n < reserve) {
+      // Short of space while segments compaction removed may still be open for late readers:
+      // their space returns only when the handles close, so close them now (get() looks a block
+      // up again when its read fails) rather than refuse a write the disk has room for. Closes
+      // begun by a concurrent append are awaited too.
+      await this.releaseRetired(this.retired.slice())
+      await this.measureFree()
     }
     if (this.free.bytes - n < reserve) {
-      throw Object.assign(new Error(`no space left on device: the block store keeps ${this.reserveBytes >> 20} MiB free for metadata`), { code: 'ENOSPC' })
+      throw new FsError('ENOSPC', `no space left on device: the block store keeps ${this.reserveBytes >> 20} MiB free for metadata`)
     }
     this.free.bytes -= n
+  }
+
+  private async measureFree (): Promise<void> {
+    const s = await statfs(this.dir)
+    this.free = { bytes: s.bavail * s.bsize, at: Date.now() }
+  }
+
+  /** Close retired segments' handles; resolves once every close begun so far has finished. */
+  private async releaseRetired (segs: Segment[]): Promise<void> {
+    const closes: Array<Promise<void>> = [this.closing]
+    for (const seg of segs) {
+      const i = this.retired.indexOf(seg)
+      if (i >= 0) { this.retired.splice(i, 1); closes.push(seg.fh.close().catch(() => {})) }
+    }
+    const all = Promise.all(closes).then(() => {})
+    this.closing = all
+    await all
   }
 
   /** Write a record at the head; the caller indexes it. */
@@ -159,7 +223,7 @@ export class LogBlockStore implements BlockStore {
     MAGIC.copy(header, 0); header.writeUInt32BE(bytes.length, 4); Buffer.from(id).copy(header, 8)
     const { seg, offset } = await this.reserve(HEADER + bytes.length)
     try {
-      await seg.fh.writev([header, bytes], offset)
+      await writeFully(seg.fh, [header, bytes], offset)
       seg.dirty = true
       seg.live += HEADER + bytes.length
     } finally {
@@ -298,12 +362,7 @@ export class LogBlockStore implements BlockStore {
     }
     // The space returns only when the handle closes. Readers that looked the block up before the
     // switch get a grace period; one that is later still finds the new place (get() retries).
-    const t = setTimeout(() => {
-      for (const seg of victims) {
-        const i = this.retired.indexOf(seg)
-        if (i >= 0) { this.retired.splice(i, 1); seg.fh.close().catch(() => {}) }
-      }
-    }, 2000)
+    const t = setTimeout(() => { this.releaseRetired(victims).catch(() => {}) }, 2000)
     t.unref()
     return { reclaimedBytes: reclaimed }
   }

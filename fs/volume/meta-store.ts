@@ -28,11 +28,13 @@ export class MetaStore {
 
   /** Runs before every synced write: block bytes must be durable before metadata naming them. */
   private readonly beforeSync: () => Promise<void>
+  private readonly writeFailed: (ops: readonly BatchOp[]) => Promise<void>
 
-  constructor (components: { db: Db, keys: KeyService, beforeSync?: () => Promise<void> }) {
+  constructor (components: { db: Db, keys: KeyService, beforeSync?: () => Promise<void>, writeFailed?: (ops: readonly BatchOp[]) => Promise<void> }) {
     this.db = components.db
     this.keys = components.keys
     this.beforeSync = components.beforeSync ?? (async () => {})
+    this.writeFailed = components.writeFailed ?? (async () => {})
     this.meta = this.db.sublevel<string, Uint8Array>('meta', { keyEncoding: 'utf8', valueEncoding: 'view' })
   }
 
@@ -165,7 +167,14 @@ export class MetaStore {
   async write (ops: BatchOp[], options: { sync?: boolean } = {}): Promise<void> {
     if (ops.length === 0) return
     if (options.sync === true) await this.beforeSync()
-    await this.db.batch(ops.map(op => ({ ...op, sublevel: this.meta })), { sync: options.sync === true })
+    try {
+      await this.db.batch(ops.map(op => ({ ...op, sublevel: this.meta })), { sync: options.sync === true })
+    } catch (err) {
+      // Nothing of the batch is stored (disk full, I/O error): let the owner undo what it
+      // changed in memory for it, before the error reaches the operation.
+      await this.writeFailed(ops).catch(() => {})
+      throw err
+    }
     this.observer?.(ops)
   }
 
