@@ -23,9 +23,10 @@ import type { ComponentLogger, Logger } from './logger.js'
 import { DeviceVault, TokenEnrolment } from '../hsm/index.js'
 import { Replica } from '../fs/volume/index.js'
 import { loadOrCreateDeviceIdentity } from '../net/identity.js'
-import { createStrataNode, type StrataNode } from '../net/node.js'
+import { createStrataNode, refusedPeers, type StrataNode } from '../net/node.js'
 import { PeerDialer } from '../net/peer-dialer.js'
 import { BlockExchange } from '../net/block-exchange.js'
+import { BlockRepair, RepairBlockStore } from '../net/block-repair.js'
 import { InviteBook } from '../net/invite.js'
 import { handleEnrol, type EnrolHandler } from '../net/enrol-protocol.js'
 import { LogStore, DeviceList, logSyncForNode, newTeamId, type LogSync } from '../net/log/index.js'
@@ -71,6 +72,7 @@ interface SyncParts {
   logs: LogStore
   logSync: LogSync
   blocks: BlockExchange
+  repair: BlockRepair
   dialer: PeerDialer
   replica: Replica
   service: SyncService
@@ -110,6 +112,7 @@ export class SyncNode {
   readonly logs: LogStore
   readonly logSync: LogSync
   readonly blocks: BlockExchange
+  readonly repair: BlockRepair
   readonly dialer: PeerDialer
   readonly replica: Replica
   readonly service: SyncService
@@ -117,6 +120,7 @@ export class SyncNode {
   readonly self: string
   private readonly openInvites: number[]
   private enrol: EnrolHandler | undefined
+  private detachRepair: (() => void) | undefined
 
   private constructor (p: SyncParts) {
     this.node = p.node
@@ -124,6 +128,7 @@ export class SyncNode {
     this.logs = p.logs
     this.logSync = p.logSync
     this.blocks = p.blocks
+    this.repair = p.repair
     this.dialer = p.dialer
     this.replica = p.replica
     this.service = p.service
@@ -158,17 +163,21 @@ export class SyncNode {
     const node = await listenStably(strata.dataDir, config, async listen => await createStrataNode({ privateKey, listen, mdns: config.mdns ?? true, allowPeer, logger: lg }), log)
     const invites = new InviteBook({ store: sub('invites') }, { teamId: team.id, peerId: self, addresses: () => node.getMultiaddrs().map(a => a.toString()) })
     const logSync = logSyncForNode(node, { logs, devices })
-    const blocks = new BlockExchange({ node, store: strata.blocks, allowPeer: id => devices.isMember(id), logger: lg })
+    // The exchange sees the store through RepairBlockStore so that a damaged copy can be fetched again.
+    const repairStore = new RepairBlockStore(strata.blocks)
+    const blocks = new BlockExchange({ node, store: repairStore, allowPeer: id => devices.isMember(id), logger: lg })
     const dialer = new PeerDialer({ node, logger: lg }, { allowPeer: id => devices.isMember(id), backoffMaxMs: 10_000 })
     const box: { service?: SyncService } = {}
     const replica = new Replica({ volume: strata.vol }, {
       device: self,
       onChanges: async cs => { await box.service?.logChanges(cs) },
+      onBlocksSealed: ids => { box.service?.announce(ids) },
       deviceLabel: id => devices.members().find(m => m.id === id)?.name ?? id.slice(-8),
       onError: (what, err) => { log.error('sync %s failed: %e', what, err) }
     })
     const service = box.service = new SyncService({ replica, logs, logSync, blocks, logger: lg })
-    const sn = new SyncNode({ node, devices, logs, logSync, blocks, dialer, replica, service, invites, self, openInvites })
+    const repair = new BlockRepair({ blocks, store: repairStore, peers: () => logSync.peers(), log: logger.forComponent('repair') })
+    const sn = new SyncNode({ node, devices, logs, logSync, blocks, repair, dialer, replica, service, invites, self, openInvites })
     await sn.startAll(strata, config, team, log)
     return sn
   }
@@ -176,6 +185,9 @@ export class SyncNode {
   private async startAll (strata: Strata, config: SyncConfig, team: TeamFile, log: Logger): Promise<void> {
     await this.logSync.start()
     await this.blocks.start()
+    // Reads that find a damaged or missing block ask connected team peers for it (once per read).
+    strata.vol.useBlockRepair(async (id, cause) => await this.repair.repair(id, cause))
+    this.detachRepair = () => { strata.vol.useBlockRepair(undefined) }
     await this.service.start()
     await this.replica.start()
     await this.dialer.start()
@@ -245,8 +257,10 @@ export class SyncNode {
       devices: this.devices.members().length,
       log: this.logSync.stats(),
       blocks: this.blocks.stats(),
+      repair: this.repair.stats(),
       apply: this.service.status(),
       logProblems: this.logs.problems(),
+      refusedPeers: refusedPeers(this.node),
       replicaPending: this.replica.pending
     }
   }
@@ -256,6 +270,7 @@ export class SyncNode {
     await this.dialer.stop()
     await this.replica.stop()
     await this.service.stop()
+    this.detachRepair?.()
     await this.blocks.stop()
     await this.logSync.stop()
     await this.node.stop()

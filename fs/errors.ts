@@ -31,9 +31,16 @@ export class IntegrityError extends Error {
 /** A stored block does not hash to its id, or its AEAD tag does not verify. */
 export class BlockCorruptError extends IntegrityError {
   readonly blockId: string
-  constructor (blockId: string, detail: string, options?: ErrorOptions) {
+  /**
+   * The stored copy itself is damaged (it does not hash to its id, or cannot be read): any
+   * peer's intact copy of the id is byte-identical and may replace it. False when the bytes are
+   * the ones stored but do not decrypt (a tag failure): another copy would fail the same way.
+   */
+  readonly copyDamaged: boolean
+  constructor (blockId: string, detail: string, options?: ErrorOptions & { copyDamaged?: boolean }) {
     super(`block ${blockId} is corrupt: ${detail}`, 'ERR_BLOCK_CORRUPT', options)
     this.blockId = blockId
+    this.copyDamaged = options?.copyDamaged ?? true
   }
 }
 

@@ -20,6 +20,13 @@ export class LevelBlockStore implements BlockStore {
     await this.data.put(hex, bytes)
   }
 
+  /** Replace a damaged copy with intact bytes (verified: ids are content hashes). */
+  async repair (id: Uint8Array, bytes: Uint8Array): Promise<void> {
+    const hex = Buffer.from(id).toString('hex')
+    if (!blockIdMatches(bytes, id)) throw new BlockCorruptError(hex, 'replacement bytes do not hash to the id')
+    await this.data.put(hex, bytes)
+  }
+
   async get (id: Uint8Array, options: { verify?: boolean } = {}): Promise<Buffer | undefined> {
     const hex = Buffer.from(id).toString('hex')
     const v = await this.data.get(hex)

@@ -18,6 +18,11 @@ export interface BlockStore {
    * `verify: false`, for callers that verify it themselves off the main thread.
    */
   get (id: Uint8Array, options?: { verify?: boolean, /** where to read the bytes (a pooled buffer of at least n bytes) */ buffer?: (n: number) => Buffer }): Promise<Buffer | undefined>
+  /**
+   * Replace the stored copy of id (damaged: it fails verification, or is missing) with `bytes`,
+   * which must hash to id (BlockCorruptError otherwise). Durable when it returns.
+   */
+  repair (id: Uint8Array, bytes: Uint8Array): Promise<void>
   has (id: Uint8Array): Promise<boolean>
   del (id: Uint8Array): Promise<void>
   /** Every stored id. */

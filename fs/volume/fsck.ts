@@ -45,12 +45,14 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
 
   // Inodes.
   const inodes = new Map<number, Inode>()
+  // Unreadable inode records: reported once the tree walk knows their path (else by key below).
+  const corrupt = new Map<number, { key: string, err: unknown }>()
   for await (const [key, value] of meta.range('i/')) {
     const ino = parseInt(key.slice(2), 16)
     try {
       const { ns, body } = await meta.open(key, value)
       inodes.set(ino, decodeInode(key, ino, ns, body))
-    } catch (err) { report({ path: key, ...describe(err) }) }
+    } catch (err) { corrupt.set(ino, { key, err }) }
   }
 
   // The tree, from the root: paths, link counts, dangling entries.
@@ -67,6 +69,14 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
       } catch (err) { report({ path: `${paths.get(dir) ?? key}`, ...describe(err) }); continue }
       const path = (paths.get(dir) === '/' ? '/' : `${paths.get(dir) ?? '?'}/`) + d.name.toString('utf8')
       const child = inodes.get(d.ino)
+      const bad = corrupt.get(d.ino)
+      if (bad !== undefined) {
+        // Not dangling: the inode exists but its record is damaged (never delete the entry).
+        const { detail } = describe(bad.err)
+        if (!paths.has(d.ino)) report({ path, kind: 'record-corrupt', detail: `inode record ${bad.key}: ${detail}` })
+        paths.set(d.ino, paths.get(d.ino) ?? path)
+        continue
+      }
       if (child === undefined) {
         report({ path, kind: 'dangling-entry', detail: `entry names inode ${d.ino}, which does not exist` })
         repairs.push({ type: 'del', key })
@@ -80,6 +90,7 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
       }
     }
   }
+  for (const [ino, { key, err }] of corrupt) if (!paths.has(ino)) report({ path: key, ...describe(err) })
   const orphans = new Set<number>()
   for await (const key of meta.meta.keys({ gte: 'o/', lt: 'o/\xff' })) orphans.add(parseInt(key.slice(2), 16))
   for (const [ino, inode] of inodes) {
@@ -99,6 +110,9 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
   // Manifests and blocks.
   const refs = new Map<string, number>() // `${ns}/${id}` -> references counted
   const verified = new Set<string>()
+  // An unreadable manifest record hides references: counts must then never be lowered (a repair
+  // would free a block the damaged record still names).
+  let hiddenRefs = false
   for await (const [key, value] of meta.range('m/')) {
     const ino = parseInt(key.slice(2, key.indexOf('/', 2)), 16)
     const path = paths.get(ino) ?? K.inode(ino)
@@ -108,7 +122,7 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
       const rec = await meta.open(key, value)
       ns = rec.ns
       entry = decodeManifest(key, rec.body)
-    } catch (err) { report({ path, ...describe(err) }); continue }
+    } catch (err) { hiddenRefs = true; report({ path, ...describe(err) }); continue }
     const ref = `${ns}/${entry.id}`
     refs.set(ref, (refs.get(ref) ?? 0) + 1)
     if (verified.has(ref)) continue
@@ -138,7 +152,9 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
     } catch (err) { report({ path: key, ...describe(err) }); continue }
     const counted = refs.get(`${ns}/${id}`) ?? 0
     if (rec.refs !== counted) {
-      report({ path: key, kind: 'refcount', detail: `block ${id} records ${rec.refs} references, manifests hold ${counted}` })
+      const keep = hiddenRefs && counted < rec.refs
+      report({ path: key, kind: 'refcount', detail: `block ${id} records ${rec.refs} references, manifests hold ${counted}${keep ? ' (not lowered: a manifest record is unreadable)' : ''}` })
+      if (keep) continue
       if (counted === 0) {
         repairs.push({ type: 'del', key }, { type: 'del', key: K.dedup(ns, rec.tag) }, { type: 'put', key: K.gc(ns, id), value: new Uint8Array(0) })
       } else {

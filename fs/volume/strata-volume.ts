@@ -17,6 +17,7 @@ import { blockAad, paddedLength, wrapKey, unwrapKey, BLOCK_OVERHEAD } from '../c
 import { nameTag, xattrTag } from '../crypto/record-crypto.js'
 import type { BlockStore, Db } from '../store/types.js'
 import { syncDb } from '../store/types.js'
+import { guardFreeSpace } from '../store/disk-guard.js'
 import { CryptoPool } from './crypto-pool.js'
 import { BlockCache } from './block-cache.js'
 import { Mutex } from '../../hsm/mutex.js'
@@ -80,6 +81,18 @@ export interface ReplicaSeed {
   blockSize: number
   /** The root namespace's `n/<ns>` record: its metadata key wrapped by the NEK. */
   namespaceRecord: NamespaceRecord
+}
+
+/**
+ * Replaces the damaged or missing stored copy of block `id` (hex) with an intact one from
+ * elsewhere, verified against the id; true once it is stored. `cause` is the read's error.
+ */
+export type BlockRepairer = (id: string, cause: Error) => Promise<boolean>
+
+/** The stored copy of a block is missing or does not hash to its id (another copy may be intact). */
+function copyDamaged (err: unknown): boolean {
+  const e = err as { name?: string, copyDamaged?: boolean }
+  return e?.name === 'BlockMissingError' || (e?.name === 'BlockCorruptError' && e.copyDamaged === true)
 }
 
 interface DirtyBlock { buf: Buffer, len: number, since: number }
@@ -154,8 +167,9 @@ export class StrataVolume implements Volume {
     this.db = components.db
     this.keys = components.keys
     this.blocks = components.blocks
-    this.meta = new MetaStore({ ...components, beforeSync: async () => { await this.blocks.sync() } })
+    this.meta = new MetaStore({ ...components, beforeSync: async () => { await this.blocks.sync() }, writeFailed: async ops => { await this.restoreInodes(ops) } })
     this.init = init
+    guardFreeSpace(this.db, init.dataDir)
     this.blockSize = header.blockSize
     this.rootNamespace = header.rootNamespace
     this.pool = new CryptoPool({ threads: init.cryptoThreads, bufferBytes: header.blockSize + BLOCK_OVERHEAD })
@@ -860,16 +874,32 @@ export class StrataVolume implements Volume {
     return await this.cache.load(id, async () => await this.loadBlock(ns, id))
   }
 
-  /** Fetch, verify (hash, BEK custody, AEAD tag) and decrypt a block, bypassing the cache. */
+  /**
+   * Fetch, verify (hash, BEK custody, AEAD tag) and decrypt a block, bypassing the cache. A
+   * stored copy that is damaged or missing is repaired once through `useBlockRepair` (a peer's
+   * copy), then read again; without a repairer, or if it fails, the integrity error stands.
+   */
   async loadBlock (ns: string, id: string): Promise<Buffer> {
-    for (let attempt = 0; ; attempt++) {
+    let rotated = false
+    let repaired = false
+    for (;;) {
       try {
         return await this._loadBlock(ns, id)
       } catch (err) {
         // A rotation retired the NEK version the record named after we read it: read it again.
-        if (attempt > 0 || (err as Error).name !== 'NamespaceKeyNotFoundError') throw err
+        if (!rotated && (err as Error).name === 'NamespaceKeyNotFoundError') { rotated = true; continue }
+        if (repaired || this.blockRepair === undefined || !copyDamaged(err)) throw err
+        repaired = true
+        if (!await this.blockRepair(id, err as Error).catch(() => false)) throw err
       }
     }
+  }
+
+  private blockRepair: BlockRepairer | undefined
+
+  /** Set (or clear) where damaged block copies are fetched again from: the sync layer's peers. */
+  useBlockRepair (repair: BlockRepairer | undefined): void {
+    this.blockRepair = repair
   }
 
   private async _loadBlock (ns: string, id: string): Promise<Buffer> {
@@ -890,7 +920,7 @@ export class StrataVolume implements Volume {
       } finally {
         bek.fill(0)
       }
-      if (!r.ok) throw new BlockCorruptError(id, r.problem === 'hash' ? 'stored bytes do not hash to the block id' : r.problem === 'tag' ? 'authentication tag does not verify' : 'stored format is invalid')
+      if (!r.ok) throw new BlockCorruptError(id, r.problem === 'hash' ? 'stored bytes do not hash to the block id' : r.problem === 'tag' ? 'authentication tag does not verify' : 'stored format is invalid', { copyDamaged: r.problem !== 'tag' })
       return r.plaintext
     }
   }
@@ -1096,7 +1126,7 @@ export class StrataVolume implements Volume {
       // From here until its commit or abandonment the block is "in flight": fsck and the GC
       // must not take it for garbage.
       storing(id)
-      await this.blocks.put(sealed.id, sealed.stored, { verified: true })
+      await this.putBlock(sealed.id, sealed.stored)
     }
     sealed.release()
     bek.fill(0)
@@ -1166,6 +1196,10 @@ export class StrataVolume implements Volume {
     })
     const results = await Promise.allSettled([...st.sealing.values()])
     const failed = results.find(r => r.status === 'rejected')
+    // A background seal that failed (disk full) kept its block, and this call sealed it again:
+    // with every block committed now nothing was lost, and the old error would only make an
+    // fsync that is in fact durable fail.
+    if (failed === undefined && st.dirty.size === 0) st.error = undefined
     const err = st.error ?? (failed?.status === 'rejected' ? failed.reason as Error : undefined)
     if (err !== undefined) {
       st.error = undefined
@@ -1319,6 +1353,40 @@ export class StrataVolume implements Volume {
   }
 
   // ---- garbage collection ----------------------------------------------------------------
+
+  /**
+   * A metadata batch failed (disk full): nothing of it is stored, but the operation had already
+   * changed cached inodes (link counts, times) and a later batch would store that. Reload the
+   * ones it named from their records, in place. An open file's inode is ahead of its record by
+   * design (size and times of unsealed writes): only its link count is taken back.
+   */
+  private async restoreInodes (ops: readonly BatchOp[]): Promise<void> {
+    for (const op of ops) {
+      const m = /^i\/([0-9a-f]+)$/.exec(op.key)
+      const cached = m === null ? undefined : this.inodes.get(parseInt(m[1] as string, 16))
+      if (cached === undefined) continue
+      const rec = await this.meta.get(op.key)
+      if (rec === undefined) { this.inodes.delete(cached.ino); continue }
+      const stored = decodeInode(op.key, cached.ino, rec.ns, rec.body)
+      if (this.files.has(cached.ino)) cached.nlink = stored.nlink
+      else Object.assign(cached, stored)
+    }
+  }
+
+  /**
+   * Store a sealed block. A full disk may only be waiting for the GC (deleted files' blocks are
+   * reclaimed a second after the delete): on ENOSPC, reclaim now and try once more, so a writer
+   * that deleted something to make room is not refused.
+   */
+  private async putBlock (id: Uint8Array, bytes: Uint8Array): Promise<void> {
+    try {
+      await this.blocks.put(id, bytes, { verified: true })
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== 'ENOSPC' || this.closed) throw err
+      await this.gc()
+      await this.blocks.put(id, bytes, { verified: true })
+    }
+  }
 
   private scheduleGc (): void {
     if (this.gcTimer !== undefined || this.closed) return
