@@ -33,14 +33,34 @@ export interface StrataNodeInit {
   logger?: ComponentLogger
 }
 
+/** Inbound connections the gater closed after Noise: how many, and the latest peers (for status). */
+export interface RefusedPeers {
+  count: number
+  recent: Array<{ peer: string, at: number }>
+}
+
+/** Recent refused peers kept for status. */
+const MAX_RECENT_REFUSED = 16
+
 /** A gater denying every connection, dial and stored address of a peer `allowPeer` refuses. */
-export function strataConnectionGater (allowPeer: AllowPeer, log?: Logger): ConnectionGater {
+export function strataConnectionGater (allowPeer: AllowPeer, log?: Logger, refusals?: RefusedPeers): ConnectionGater {
   const refused = (peer: PeerId | string): boolean => {
     const id = peer.toString()
     let ok = false
     try { ok = allowPeer(id) === true } catch (err) { log?.error('allowPeer threw for %s, refusing - %e', id, err) }
     if (!ok) log?.('refusing peer %s', id)
     return !ok
+  }
+  // Only inbound refusals are an outsider knocking; outbound ones are our own address book.
+  const refusedInbound = (peer: PeerId): boolean => {
+    if (!refused(peer)) return false
+    if (refusals !== undefined) {
+      refusals.count++
+      refusals.recent.push({ peer: peer.toString(), at: Date.now() })
+      if (refusals.recent.length > MAX_RECENT_REFUSED) refusals.recent.shift()
+    }
+    log?.error('closed an inbound connection of %s: not an enrolled device of this team', peer.toString())
+    return true
   }
   return {
     denyDialPeer: peer => refused(peer),
@@ -50,13 +70,21 @@ export function strataConnectionGater (allowPeer: AllowPeer, log?: Logger): Conn
       return id != null && refused(id)
     },
     // The decisive checks: after Noise authenticated the remote key, before the muxer.
-    denyInboundEncryptedConnection: peer => refused(peer),
+    denyInboundEncryptedConnection: peer => refusedInbound(peer),
     denyOutboundEncryptedConnection: peer => refused(peer),
     // Defense in depth, should allowPeer change while a connection was being upgraded.
-    denyInboundUpgradedConnection: peer => refused(peer),
+    denyInboundUpgradedConnection: peer => refusedInbound(peer),
     denyOutboundUpgradedConnection: peer => refused(peer),
     filterMultiaddrForPeer: peer => !refused(peer)
   }
+}
+
+const refusalsOf = new WeakMap<StrataNode, RefusedPeers>()
+
+/** The inbound connections a node's gater refused (a copy), for status. */
+export function refusedPeers (node: StrataNode): RefusedPeers {
+  const r = refusalsOf.get(node)
+  return { count: r?.count ?? 0, recent: [...(r?.recent ?? [])] }
 }
 
 /** Create and start a node. Discovered (mDNS) peers are dialed only if allowPeer accepts them. */
@@ -71,6 +99,7 @@ export async function createStrataNode (init: StrataNodeInit): Promise<StrataNod
   const interval = typeof init.mdns === 'object' ? (init.mdns.interval ?? MDNS_INTERVAL_MS) : MDNS_INTERVAL_MS
   if (!Number.isFinite(interval) || interval < 100) throw new InvalidParametersError('mdns interval must be at least 100 ms')
 
+  const refusals: RefusedPeers = { count: 0, recent: [] }
   const node = await createLibp2p({
     privateKey: init.privateKey,
     logger,
@@ -83,7 +112,7 @@ export async function createStrataNode (init: StrataNodeInit): Promise<StrataNod
       streamOptions: { maxStreamWindowSize: MUXER_MAX_STREAM_WINDOW, maxReadBufferLength: MUXER_MAX_READ_BUFFER }
     })],
     peerDiscovery: mdnsOn ? [mdnsDiscovery({ interval, serviceTag: MDNS_SERVICE_TAG })] : [],
-    connectionGater: strataConnectionGater(init.allowPeer, log),
+    connectionGater: strataConnectionGater(init.allowPeer, log, refusals),
     connectionManager: { maxConnections: MAX_CONNECTIONS },
     start: false
   })
@@ -103,6 +132,7 @@ export async function createStrataNode (init: StrataNodeInit): Promise<StrataNod
         .finally(() => dialing.delete(id))
     })
   }
+  refusalsOf.set(node, refusals)
   await node.start()
   return node
 }

@@ -193,12 +193,16 @@ t.test('hostile streams are aborted and logged; the node keeps serving', async t
   s2.send(lp(encodeMessage({ type: 'hello', team: b.devices.teamId, records: [], heads: [] })))
   t.equal((await refused).error.name, 'NotMemberError')
   await closed(s2)
-  // a frame that never completes is dropped after the hello timeout
+  // a frame that never completes is dropped after the hello timeout, and counted (FORMAT.md §6)
+  const timedOut = protocolError(b)
   const slow = await a.node.dialProtocol(addr, LOG_PROTOCOL)
   slow.send(Uint8Array.of(100, 1))
   await closed(slow)
   t.pass('an incomplete first frame times out')
-  t.equal(b.sync.stats().protocolErrors, hostile.length + 1)
+  const late = await timedOut
+  t.equal(late.error.name, 'ProtocolError', 'a first message that never arrives is a protocol error')
+  t.equal(late.peer, a.id)
+  t.equal(b.sync.stats().protocolErrors, hostile.length + 2)
   // B still serves A over the session it had all along
   const after = acceptedFrom(b, a.id, 1)
   await a.logs.append(NS, text('still here'))

@@ -140,6 +140,26 @@ t.test('replayed old entries: identical ones are ignored, different ones are rol
   t.same(await entriesOf(b, a.id), enc, 'the accepted entries are untouched')
 })
 
+t.test('an answer to a fetch holds only the log asked for: replays and strays are rejected and reported', async t => {
+  const { a, b } = await team(t)
+  for (let i = 1; i <= 4; i++) await a.logs.append(NS, text(`v${i}`))
+  await b.logs.append(NS, text('b1'))
+  const enc = await entriesOf(a)
+  await b.logs.accept(enc.slice(0, 3))
+  const expect = { ns: NS, device: a.id, from: 4 }
+  let r = await b.logs.accept([enc[0] as Uint8Array, enc[1] as Uint8Array], { from: a.id, expect })
+  t.same(kinds(r), ['replay', 'replay'], 'entries already held, below the seq asked from')
+  t.equal(r.duplicates, 0)
+  const stray = (await entriesOf(b, b.id))[0] as Uint8Array
+  r = await a.logs.accept([stray], { from: b.id, expect: { ns: NS, device: a.id, from: 5 } })
+  t.same(kinds(r), ['unexpected'], 'an entry of another log than the one asked for')
+  t.same(a.logs.heads(NS), { [a.id]: 4 }, 'the stray entry was not stored')
+  r = await b.logs.accept([enc[3] as Uint8Array, enc[3] as Uint8Array], { from: a.id, expect })
+  t.equal(r.accepted.length, 1, 'what was asked for is accepted')
+  t.equal(r.duplicates, 1, 'a repeat at or above the seq asked from is an ordinary duplicate')
+  t.same(b.logs.problems().map(p => [p.kind, p.from]), [['replay', a.id], ['replay', a.id]], 'reported with the peer it came from')
+})
+
 t.test('a fork: a device that lost its state, and one signing twice', async t => {
   const { a, b, teamId } = await team(t)
   for (let i = 1; i <= 3; i++) await a.logs.append(NS, text(`v${i}`))

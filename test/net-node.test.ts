@@ -8,6 +8,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { BlockExchange } from '../net/block-exchange.js'
 import { BLOCKS_MAX_INBOUND_STREAMS, BLOCKS_PROTOCOL } from '../net/constants.js'
 import { PeerDialer } from '../net/peer-dialer.js'
+import { refusedPeers } from '../net/node.js'
 import { encodeRequest } from '../net/block-messages.js'
 import { writeFrame } from '../net/wire.js'
 import { addrOf, allowList, introduce, makeNode, makeStore, once } from './helpers/net.js'
@@ -65,6 +66,10 @@ t.test('two enrolled nodes connect and exchange a stream; an unlisted peer is re
   t.equal(handled, 1, 'the handler never ran for the unlisted peer')
   t.equal(a.getConnections(x.peerId).length, 0, 'a holds no connection from x')
   t.equal(x.getConnections(a.peerId).length, 0, 'x was disconnected')
+  const refused = refusedPeers(a)
+  t.ok(refused.count >= 1, 'the refusal is counted for status')
+  t.ok(refused.recent.every(r => r.peer === x.peerId.toString()) && refused.recent.length >= 1, 'and names the refused peer')
+  t.equal(refusedPeers(b).count, 0, 'an enrolled peer is never counted as refused')
 
   // Outbound: a refuses to dial x by peer id, and by a bare address (x's identity only known after Noise).
   await t.rejects(a.dial(multiaddr(addrOf(x))), 'dialing a refused peer id fails')

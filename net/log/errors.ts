@@ -75,7 +75,7 @@ export class NotOpenError extends LogError {
 }
 
 /** Kinds of rejected log entries, as recorded in `LogStore.problems()`. */
-export type ProblemKind = 'malformed' | 'not-member' | 'removed' | 'signature' | 'chain' | 'fork' | 'rollback' | 'payload'
+export type ProblemKind = 'malformed' | 'not-member' | 'removed' | 'signature' | 'chain' | 'fork' | 'rollback' | 'payload' | 'replay' | 'unexpected'
 
 /** Why `LogStore.accept` refused an entry; `kind` is stable, `detail` is for people. */
 export class EntryRejectedError extends LogError {

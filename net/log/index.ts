@@ -1,6 +1,6 @@
 /** net/log: signed hash-chained change logs, the signed device list, and the log-sync protocol. */
 export { LogStore } from './log-store.js'
-export type { LogStoreComponents, LogStoreInit, LogStoreEvents, AcceptedEntry, AppendedEntry, AcceptResult, RejectedEntry, NeededRange, Head, Membership } from './log-store.js'
+export type { LogStoreComponents, LogStoreInit, LogStoreEvents, AcceptedEntry, AppendedEntry, AcceptResult, RejectedEntry, NeededRange, Head, Membership, ExpectedRange } from './log-store.js'
 export { DeviceList, newTeamId } from './device-list.js'
 export type { DeviceListComponents, DeviceListInit, DeviceInfo, MergeResult, DeviceListEvents } from './device-list.js'
 export { LogSync, logSync, logSyncForNode } from './log-sync.js'

@@ -78,6 +78,14 @@ export interface AcceptResult {
 
 export interface Head { seq: number, hash: Uint8Array }
 
+/**
+ * What a fetch asked for: entries of this one log from `from` on. An honest peer answers nothing
+ * else, so anything else is hostile: an entry of another log is refused as 'unexpected', and an
+ * old entry (below `from`) we already hold is refused as a 'replay' instead of being ignored as a
+ * duplicate. (A different old entry is still judged as a fork or a rollback.)
+ */
+export interface ExpectedRange { ns: string, device: string, from: number }
+
 export interface LogStoreEvents {
   /** a log grew: an own append (local) or accepted remote entries; seq is the new head */
   grown: CustomEvent<{ ns: string, device: string, seq: number, local: boolean }>
@@ -232,7 +240,7 @@ export class LogStore extends TypedEventEmitter<LogStoreEvents> {
    * result); throws only for operational failures (keyFor, LevelDB), after storing the entries
    * of earlier namespaces.
    */
-  async accept (encoded: Uint8Array[], options: { from?: string } = {}): Promise<AcceptResult> {
+  async accept (encoded: Uint8Array[], options: { from?: string, expect?: ExpectedRange } = {}): Promise<AcceptResult> {
     this.check()
     const result: AcceptResult = { accepted: [], duplicates: 0, rejected: [], needed: [] }
     const groups = new Map<string, Array<{ bytes: Uint8Array, entry: LogEntry }>>()
@@ -244,12 +252,17 @@ export class LogStore extends TypedEventEmitter<LogStoreEvents> {
         this.reject(result, 'malformed', { ns: '', device: '', seq: 0 }, err instanceof LogError ? err.message : String(err), options.from)
         continue
       }
+      const x = options.expect
+      if (x !== undefined && (entry.ns !== x.ns || entry.device !== x.device)) {
+        this.reject(result, 'unexpected', entry, `not of the log asked for (${x.ns}/${x.device})`, options.from)
+        continue
+      }
       let g = groups.get(entry.ns)
       if (g === undefined) { g = []; groups.set(entry.ns, g) }
       g.push({ bytes, entry })
     }
     for (const [ns, group] of groups) {
-      await this.serial.run(ns, async () => { await this._accept(ns, group, result, options.from) })
+      await this.serial.run(ns, async () => { await this._accept(ns, group, result, options.from, options.expect?.from) })
     }
     return result
   }
@@ -263,7 +276,7 @@ export class LogStore extends TypedEventEmitter<LogStoreEvents> {
     this.log.error('rejected log entry %s/%s#%d from %s (%s): %s', e.ns, e.device, e.seq, from ?? 'local', kind, detail)
   }
 
-  private async _accept (ns: string, group: Array<{ bytes: Uint8Array, entry: LogEntry }>, result: AcceptResult, from?: string): Promise<void> {
+  private async _accept (ns: string, group: Array<{ bytes: Uint8Array, entry: LogEntry }>, result: AcceptResult, from?: string, askedFrom?: number): Promise<void> {
     const heads = new Map<string, Head>()
     const written = new Map<string, Uint8Array>()
     const ops: Array<{ type: 'put', key: string, value: Uint8Array }> = []
@@ -280,7 +293,11 @@ export class LogStore extends TypedEventEmitter<LogStoreEvents> {
       if (seq <= head.seq) {
         const key = entryKey(ns, device, seq)
         const stored = written.get(key) ?? await this.db.get(key)
-        if (stored !== undefined && equal(stored, bytes)) { result.duplicates++; continue }
+        if (stored !== undefined && equal(stored, bytes)) {
+          if (askedFrom !== undefined && seq < askedFrom) this.reject(result, 'replay', entry, `an entry already accepted, sent again in answer to a request from seq ${askedFrom}`, from)
+          else result.duplicates++
+          continue
+        }
         if (stored === undefined) this.reject(result, 'rollback', entry, `seq ${seq} is at or below the head ${head.seq} but not stored`, from)
         else if (seq === head.seq) this.reject(result, 'fork', entry, `a different entry with seq ${seq} was already accepted`, from)
         else this.reject(result, 'rollback', entry, `older than the accepted head ${head.seq} and different from the entry accepted for seq ${seq}`, from)

@@ -275,7 +275,7 @@ export class LogSync extends TypedEventEmitter<LogSyncEvents> implements Startab
     const peer = connection.remotePeer.toString()
     const f = frames(stream)
     try {
-      const first = await f.read({ signal: AbortSignal.any([this.shutdown.signal, AbortSignal.timeout(this.helloTimeoutMs)]) })
+      const first = await this.firstFrame(f)
       if (first.type === 'hello') await this.onHello(stream, f, connection, first)
       else if (first.type === 'get') await this.serve(stream, f, peer, first)
       else throw new ProtocolError(`a stream may not start with ${first.type}`)
@@ -287,6 +287,17 @@ export class LogSync extends TypedEventEmitter<LogSyncEvents> implements Startab
         this.log('log-sync stream from %s ended: %e', peer, err)
       }
       stream.abort(err instanceof Error ? err : new Error(String(err)))
+    }
+  }
+
+  /** The frame a stream opens with; a peer that sends none in time broke the protocol (FORMAT.md §6). */
+  private async firstFrame (f: Frames): Promise<Message> {
+    const timeout = AbortSignal.timeout(this.helloTimeoutMs)
+    try {
+      return await f.read({ signal: AbortSignal.any([this.shutdown.signal, timeout]) })
+    } catch (err) {
+      if (timeout.aborted && !this.shutdown.signal.aborted) throw new ProtocolError(`no first message within ${this.helloTimeoutMs} ms`, { cause: err })
+      throw err
     }
   }
 
@@ -395,7 +406,7 @@ export class LogSync extends TypedEventEmitter<LogSyncEvents> implements Startab
     if (entries.length === 0) return false
     let result
     try {
-      result = await this.c.logs.accept(entries, { from: s.peer })
+      result = await this.c.logs.accept(entries, { from: s.peer, expect: { ns, device, from } })
     } catch (err) {
       this.log.error('could not accept entries of %s/%s from %s: %e', ns, device, s.peer, err)
       return false

@@ -1,0 +1,139 @@
+/**
+ * Network faults between real daemons on loopback: a peer killed mid-transfer, connections cut
+ * again and again by a proxy, and a partition with edits on both sides. B reaches A only through
+ * the proxy (B listens nowhere, so A cannot dial it directly), which the proxy can cut or drop.
+ */
+import { readdirSync } from 'node:fs'
+import { sh, type Drive } from '../../../test/helpers/mount.js'
+import { firstDrive, same, status, until } from '../../../test/helpers/team.js'
+import type { FaultContext, Scenario } from '../harness.js'
+import { TcpProxy, type CutPlan } from '../tcp-proxy.js'
+import { address, alive, fsckClean, joinWith, overwriteRandom, remount, sha, writeRandom } from '../team-faults.js'
+
+const MiB = 1024 * 1024
+
+/** Wait until B has a log session with A (a bound, not a timing claim). */
+async function connected (ctx: FaultContext, b: Drive, aId: string, ms = 60_000): Promise<void> {
+  ctx.check(await until(async () => ((await status(b)).sync.peers as string[]).includes(aId), ms), `B did not connect to A within ${ms / 1000} s`)
+}
+
+/** A, and B joined to it that reaches A only through a proxy (stopped at teardown). */
+async function proxiedPair (ctx: FaultContext, cut?: () => CutPlan | undefined): Promise<{ a: Drive, b: Drive, proxy: TcpProxy, aId: string }> {
+  const a = await firstDrive(ctx)
+  const { id: aId, port } = await address(a)
+  const proxy = await TcpProxy.start({ target: { host: '127.0.0.1', port }, cut })
+  ctx.teardown(async () => { await proxy.stop() })
+  const b = await joinWith(ctx, a, 'b', sync => ({ ...sync, listen: [], peers: [`/ip4/127.0.0.1/tcp/${proxy.port}/p2p/${aId}`] }))
+  return { a, b, proxy, aId }
+}
+
+/** `n` small files of random sizes under dir (made on the mount), written with one shell. */
+async function smallFiles (ctx: FaultContext, dir: string, n: number): Promise<void> {
+  const sizes = Array.from({ length: n }, () => ctx.rng.int(0, 20_000))
+  const r = await sh(`mkdir -p "${dir}" && cd "${dir}" && ${sizes.map((s, i) => `head -c ${s} /dev/urandom > f${i}`).join(' && ')} && sync`)
+  if (r.code !== 0) ctx.fail(`writing small files failed: ${r.stderr}`)
+}
+
+const peerKilledMidTransfer: Scenario = {
+  name: 'network-peer-killed-mid-transfer',
+  injects: 'SIGKILL of the serving daemon at a random instant while its peer fetches a large file; restart: the peer converges, fsck clean on both',
+  randomised: true,
+  timeoutMs: 240_000,
+  run: async ctx => {
+    const t0 = Date.now()
+    const el = (): string => `${((Date.now() - t0) / 1000).toFixed(1)} s`
+    const a = await firstDrive(ctx)
+    const b = await joinWith(ctx, a, 'b')
+    await connected(ctx, b, (await address(a)).id)
+    ctx.log(`${el()}: A and B connected`)
+    // Files written one after another (each fsync'ed) while B fetches the earlier ones; the
+    // kill lands at a random instant of that stream.
+    const src = ctx.tmp()
+    const files = ctx.rng.int(3, 6)
+    const wants = (await sh(`cd "${src}" && for i in $(seq 1 ${files}); do head -c ${4 * MiB} /dev/urandom > f$i; done && sha256sum f* | cut -d' ' -f1`)).stdout.trim().split('\n')
+    const writer = sh(`for i in $(seq 1 ${files}); do dd if="${src}/f$i" of="${a.mnt}/f$i" bs=1M conv=fsync status=none && echo $i; done`)
+    const delay = ctx.rng.int(0, 1500)
+    await new Promise(resolve => setTimeout(resolve, delay))
+    const pid = a.pid() ?? ctx.fail('no daemon pid for A')
+    process.kill(pid, 'SIGKILL')
+    const done = (await writer).stdout.trim().split('\n').filter(l => l !== '').length
+    const got = (await status(b).catch(() => undefined))?.sync?.blocks?.blocksReceived
+    ctx.check(await until(async () => !alive(pid), 10_000), 'A\'s daemon survived SIGKILL')
+    ctx.log(`${el()}: A killed ${delay} ms into writing ${files} files of 4 MiB (${done} fsync'ed; B then had ${String(got)} blocks)`)
+    await remount(a)
+    for (let i = 1; i <= done; i++) ctx.check(await sha(`${a.mnt}/f${i}`) === wants[i - 1], `A lost the fsync-acknowledged file f${i} across SIGKILL`)
+    ctx.log(`${el()}: A restarted`)
+    ctx.check(await until(same(a, b), 120_000), 'B did not converge with A within 120 s after A restarted')
+    ctx.log(`${el()}: B converged`)
+    await fsckClean(ctx, a, 'A')
+    await fsckClean(ctx, b, 'B')
+    ctx.log(`${el()}: fsck clean on both`)
+  }
+}
+
+const connectionCutRepeatedly: Scenario = {
+  name: 'network-connection-cut-repeatedly',
+  injects: 'every connection between two devices cut by a proxy after a random number of bytes or ms: a large file and many small ones still converge both ways, fsck clean',
+  timeoutMs: 420_000,
+  run: async ctx => {
+    const cut = (): CutPlan => ctx.rng.next() < 0.7 ? { bytes: ctx.rng.int(256 * 1024, 6 * MiB) } : { ms: ctx.rng.int(300, 3000) }
+    const { a, b, proxy, aId } = await proxiedPair(ctx, cut)
+    await connected(ctx, b, aId, 120_000)
+    const big = ctx.quick ? 8 * MiB : 32 * MiB
+    const small = ctx.quick ? 50 : 200
+    const want = await writeRandom(`${a.mnt}/big.bin`, big)
+    await smallFiles(ctx, `${a.mnt}/small`, small)
+    await smallFiles(ctx, `${b.mnt}/from-b`, Math.ceil(small / 10))
+    ctx.check(await until(same(a, b), ctx.quick ? 180_000 : 360_000), `A and B did not converge through the cutting proxy (${proxy.stats.cuts} cuts so far)`)
+    ctx.check(await sha(`${b.mnt}/big.bin`) === want, 'B holds wrong bytes of the large file')
+    ctx.log(`converged through ${proxy.stats.connections} connections, ${proxy.stats.cuts} cut, ${(proxy.stats.bytes / MiB).toFixed(1)} MiB relayed`)
+    ctx.check(proxy.stats.cuts >= 2, `the proxy cut only ${proxy.stats.cuts} connections: the fault was not exercised`)
+    await fsckClean(ctx, a, 'A')
+    await fsckClean(ctx, b, 'B')
+  }
+}
+
+/** Both versions of `shared.txt` must be present: one under its name, one as a conflict copy. */
+async function conflictKept (ctx: FaultContext, d: Drive, versions: string[]): Promise<void> {
+  const names = readdirSync(d.mnt)
+  const copies = names.filter(n => /^shared \(conflict from .+\)\.txt$/.test(n))
+  ctx.check(copies.length === 1, `expected one conflict copy of shared.txt, found: ${names.join(', ')}`)
+  const got = [await sha(`${d.mnt}/shared.txt`), await sha(`${d.mnt}/${copies[0] as string}`)].sort()
+  ctx.check(JSON.stringify(got) === JSON.stringify([...versions].sort()), 'the conflict copy and the file do not hold both sides\' versions')
+}
+
+const partitionThenHeal: Scenario = {
+  name: 'network-partition-then-heal',
+  injects: 'a partition (the proxy drops and refuses every connection) of 15 s in --quick, 2-3 minutes in the full run, with edits on both sides including one file: heal, converge, a conflict copy keeps both versions',
+  timeoutMs: 480_000,
+  run: async ctx => {
+    const { a, b, proxy, aId } = await proxiedPair(ctx)
+    await connected(ctx, b, aId)
+    await writeRandom(`${a.mnt}/shared.txt`, 3000)
+    ctx.check(await until(same(a, b), 60_000), 'A and B did not converge before the partition')
+    const ms = ctx.quick ? 15_000 : ctx.rng.int(120, 180) * 1000
+    proxy.partition()
+    const started = Date.now()
+    ctx.check(await until(async () => ((await status(b)).sync.peers as string[]).length === 0, 30_000), 'B still has a session with A after the partition')
+    ctx.log(`partitioned for ${ms / 1000} s`)
+    const at = (f: number): Promise<void> => new Promise(resolve => setTimeout(resolve, Math.max(0, started + f * ms - Date.now())))
+    await at(ctx.rng.next() * 0.3)
+    const onA = await overwriteRandom(`${a.mnt}/shared.txt`, 2000)
+    await writeRandom(`${a.mnt}/only-a.bin`, ctx.rng.int(1, 3 * MiB))
+    await at(0.3 + ctx.rng.next() * 0.3)
+    const onB = await overwriteRandom(`${b.mnt}/shared.txt`, 2500)
+    await writeRandom(`${b.mnt}/only-b.bin`, ctx.rng.int(1, 3 * MiB))
+    await at(1)
+    ctx.check(proxy.stats.refused > 0 || !ctx.quick, 'B never tried to reconnect during the partition')
+    proxy.heal()
+    if (!await until(same(a, b), 120_000)) {
+      const sb = (await status(b)).sync
+      ctx.fail(`A and B did not converge within 120 s after the partition healed (B's sessions: ${JSON.stringify(sb.peers)}, apply: ${JSON.stringify(sb.apply)}, proxy: ${JSON.stringify(proxy.stats)}; A: ${readdirSync(a.mnt).join(', ')}; B: ${readdirSync(b.mnt).join(', ')})`)
+    }
+    await conflictKept(ctx, a, [onA, onB])
+    await fsckClean(ctx, a, 'A')
+    await fsckClean(ctx, b, 'B')
+  }
+}
+
+export const networkScenarios: Scenario[] = [peerKilledMidTransfer, connectionCutRepeatedly, partitionThenHeal]
