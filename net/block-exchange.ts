@@ -7,10 +7,10 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { BlockStore } from '../fs/store/index.js'
 import {
   BLOCKS_MAX_INBOUND_STREAMS, BLOCKS_MAX_OUTBOUND_STREAMS, BLOCKS_PROTOCOL, DEFAULT_MAX_BLOCK_BYTES,
-  DEFAULT_MAX_IN_FLIGHT_PER_PEER, DEFAULT_REQUEST_TIMEOUT_MS
+  DEFAULT_MAX_IN_FLIGHT_PER_PEER, DEFAULT_REQUEST_TIMEOUT_MS, MAX_IDS_PER_REQUEST
 } from './constants.js'
 import { InvalidParametersError, NotStartedError, PeerNotAllowedError } from './errors.js'
-import { MAX_REQUEST_BYTES, STATUS_BLOCK, STATUS_MISSING, checkBlockId, decodeRequest, encodeReply } from './block-messages.js'
+import { HAVE_PROTOCOL, MAX_REQUEST_BYTES, STATUS_BLOCK, STATUS_MISSING, checkBlockId, decodeHave, decodeRequest, encodeHave, encodeReply } from './block-messages.js'
 import { FetchSession, type FetchResult } from './block-fetch.js'
 import { FrameReader, writeFrame } from './wire.js'
 import type { AllowPeer, StrataNode } from './node.js'
@@ -51,7 +51,14 @@ export interface BlockExchangeStats {
   tampered: number
   /** Inbound streams aborted for malformed or oversized input or a refused peer. */
   badStreams: number
+  /** Blocks fetched ahead of their log entry, because their sender announced them. */
+  prefetched: number
+  /** Announced ids dropped because the prefetch queue was full. */
+  prefetchDropped: number
 }
+
+/** Announced ids waiting to be prefetched, at most (beyond that the log entry fetches them). */
+const MAX_PREFETCH_QUEUE = 4096
 
 export interface TamperedEventDetail { peer: string, id: Uint8Array }
 
@@ -67,7 +74,15 @@ export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
   private readonly maxInFlightPerPeer: number
   private readonly maxBlockBytes: number
   private readonly requestTimeoutMs: number
-  private readonly counters: BlockExchangeStats = { bytesReceived: 0, bytesSent: 0, blocksReceived: 0, blocksSent: 0, tampered: 0, badStreams: 0 }
+  private readonly counters: BlockExchangeStats = { bytesReceived: 0, bytesSent: 0, blocksReceived: 0, blocksSent: 0, tampered: 0, badStreams: 0, prefetched: 0, prefetchDropped: 0 }
+  /** Ids some fetch session is fetching now (hex → settles when that session ends). */
+  private readonly inflight = new Map<string, Promise<void>>()
+  /** Announced ids to prefetch, per announcing peer. */
+  private readonly prefetchQueue = new Map<string, Map<string, Uint8Array>>()
+  private prefetchQueued = 0
+  private prefetching = false
+  /** Announcements to one peer go out one after another. */
+  private readonly announcing = new Map<string, Promise<void>>()
   private controller: AbortController | undefined
   private starting: Promise<void> | undefined
   private stopping: Promise<void> | undefined
@@ -93,6 +108,10 @@ export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
         maxInboundStreams: BLOCKS_MAX_INBOUND_STREAMS,
         maxOutboundStreams: BLOCKS_MAX_OUTBOUND_STREAMS
       })
+      await this.node.handle(HAVE_PROTOCOL, (stream, connection) => this.serveHave(stream, connection), {
+        maxInboundStreams: BLOCKS_MAX_INBOUND_STREAMS,
+        maxOutboundStreams: BLOCKS_MAX_OUTBOUND_STREAMS
+      })
     })()
     await this.starting
   }
@@ -104,6 +123,9 @@ export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
       await this.starting?.catch(() => {})
       this.controller?.abort(new NotStartedError('block exchange stopped'))
       await this.node.unhandle(BLOCKS_PROTOCOL).catch(err => { this.log.error('unhandle failed - %e', err) })
+      await this.node.unhandle(HAVE_PROTOCOL).catch(err => { this.log.error('unhandle failed - %e', err) })
+      this.prefetchQueue.clear()
+      this.prefetchQueued = 0
       this.starting = undefined
     })()
     await this.stopping
@@ -135,7 +157,120 @@ export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
     return await this._fetch(ids, [...peers.values()], options.signal)
   }
 
+  /**
+   * Tell these peers that this device just stored these blocks (a hint: they may fetch them
+   * before the log entry naming them arrives). Fire and forget; failures are only logged.
+   */
+  announce (ids: Uint8Array[], peers: string[]): void {
+    for (const id of ids) checkBlockId(id)
+    if (this.controller == null || this.starting == null || ids.length === 0) return
+    const self = this.node.peerId.toString()
+    for (const peer of new Set(peers)) {
+      if (peer === self) continue
+      const prev = this.announcing.get(peer) ?? Promise.resolve()
+      const next = prev.then(async () => { await this.sendHave(peer, ids) })
+        .catch(err => { this.log('announcing %d blocks to %s failed - %e', ids.length, peer, err) })
+        .finally(() => { if (this.announcing.get(peer) === next) this.announcing.delete(peer) })
+      this.announcing.set(peer, next)
+    }
+  }
+
+  private async sendHave (peer: string, ids: Uint8Array[]): Promise<void> {
+    const signal = AbortSignal.any([(this.controller as AbortController).signal, AbortSignal.timeout(this.requestTimeoutMs)])
+    const stream = await this.node.dialProtocol(peerIdFromString(peer), HAVE_PROTOCOL, { signal })
+    try {
+      for (let i = 0; i < ids.length; i += MAX_IDS_PER_REQUEST) await writeFrame(stream, [encodeHave(ids.slice(i, i + MAX_IDS_PER_REQUEST))], { signal })
+      await stream.close({ signal })
+    } catch (err) {
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+      throw err
+    }
+  }
+
+  /** Read one peer's announcements into the prefetch queue. */
+  private async serveHave (stream: Stream, connection: Connection): Promise<void> {
+    const reader = new FrameReader(stream, { maxMessageBytes: MAX_REQUEST_BYTES })
+    const peer = connection.remotePeer.toString()
+    const signal = AbortSignal.any([this.controller?.signal ?? AbortSignal.abort(), AbortSignal.timeout(this.requestTimeoutMs)])
+    try {
+      while (true) {
+        if (!this.allowed(peer)) throw new PeerNotAllowedError(`peer ${peer} is not allowed`)
+        const msg = await reader.read({ signal })
+        if (msg == null) break
+        this.queuePrefetch(peer, decodeHave(msg))
+      }
+      await stream.close({ signal })
+    } catch (err: any) {
+      if (this.controller?.signal.aborted !== true) {
+        this.counters.badStreams++
+        this.log.error('aborting have stream from %s - %e', peer, err)
+      }
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      reader.detach()
+    }
+  }
+
+  private queuePrefetch (peer: string, ids: Uint8Array[]): void {
+    let q = this.prefetchQueue.get(peer)
+    if (q === undefined) this.prefetchQueue.set(peer, q = new Map())
+    for (const id of ids) {
+      const h = Buffer.from(id).toString('hex')
+      if (q.has(h)) continue
+      if (this.prefetchQueued >= MAX_PREFETCH_QUEUE) { this.counters.prefetchDropped++; continue }
+      q.set(h, id)
+      this.prefetchQueued++
+    }
+    this.kickPrefetch()
+  }
+
+  /** One prefetch session at a time, each taking everything one peer announced meanwhile. */
+  private kickPrefetch (): void {
+    if (this.prefetching || this.controller == null) return
+    const next = this.prefetchQueue.entries().next()
+    if (next.done === true) return
+    const [peer, q] = next.value
+    this.prefetchQueue.delete(peer)
+    this.prefetchQueued -= q.size
+    this.prefetching = true
+    this._fetch([...q.values()], [peerIdFromString(peer)])
+      .then(r => { this.counters.prefetched += r.fetched })
+      .catch(err => { if (this.controller?.signal.aborted !== true) this.log('prefetch from %s failed - %e', peer, err) })
+      .finally(() => { this.prefetching = false; this.kickPrefetch() })
+  }
+
+  /**
+   * Ids another session is fetching already are not requested twice: this one waits for that
+   * session, then fetches whichever of them are still missing.
+   */
   protected async _fetch (ids: Uint8Array[], peers: PeerId[], signal?: AbortSignal): Promise<FetchResult> {
+    const mine: Uint8Array[] = []
+    const theirs: Uint8Array[] = []
+    const waits = new Set<Promise<void>>()
+    for (const id of ids) {
+      const other = this.inflight.get(Buffer.from(id).toString('hex'))
+      if (other === undefined) mine.push(id)
+      else { theirs.push(id); waits.add(other) }
+    }
+    let release = (): void => {}
+    const done = new Promise<void>(resolve => { release = resolve })
+    const keys = mine.map(id => Buffer.from(id).toString('hex'))
+    for (const k of keys) this.inflight.set(k, done)
+    let first: FetchResult
+    try {
+      first = await this.session(mine, peers, signal)
+    } finally {
+      for (const k of keys) if (this.inflight.get(k) === done) this.inflight.delete(k)
+      release()
+    }
+    if (theirs.length === 0) return first
+    await abortable(Promise.all(waits), signal)
+    const second = await this.session(theirs, peers, signal)
+    return { fetched: first.fetched + second.fetched, skipped: first.skipped + second.skipped, bytes: first.bytes + second.bytes, failed: [...first.failed, ...second.failed] }
+  }
+
+  private async session (ids: Uint8Array[], peers: PeerId[], signal?: AbortSignal): Promise<FetchResult> {
+    if (ids.length === 0) return { fetched: 0, skipped: 0, bytes: 0, failed: [] }
     const stopSignal = (this.controller as AbortController).signal
     const session = new FetchSession({
       node: this.node,
@@ -208,6 +343,17 @@ export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
 /** libp2p-style factory: `blockExchange(init)(components)`. */
 export function blockExchange (init: BlockExchangeInit = {}): (components: BlockExchangeComponents) => BlockExchange {
   return components => new BlockExchange(components, init)
+}
+
+/** Wait for p, or reject with the signal's reason once it aborts. */
+async function abortable (p: Promise<unknown>, signal?: AbortSignal): Promise<void> {
+  if (signal == null) { await p; return }
+  signal.throwIfAborted()
+  await new Promise<void>((resolve, reject) => {
+    const onAbort = (): void => { reject(signal.reason) }
+    signal.addEventListener('abort', onAbort, { once: true })
+    p.then(() => { signal.removeEventListener('abort', onAbort); resolve() }, () => { signal.removeEventListener('abort', onAbort); resolve() })
+  })
 }
 
 function intIn (n: number, min: number, max: number, name: string): number {

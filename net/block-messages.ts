@@ -8,11 +8,17 @@
 //
 // A client may pipeline several requests on one stream; the server answers them in order and
 // closes its end after the client closed its own.
+//
+// '/strata/blocks-have/1' (HAVE_PROTOCOL): the dialer tells the listener which blocks it just
+// stored, so the listener may fetch them before the log entry naming them arrives. One-way:
+//   have     = 0x02 || id_1 || ... || id_n            1 <= n <= 64, each id 32 bytes
 import { Uint8ArrayList } from 'uint8arraylist'
 import { BLOCK_ID_BYTES, MAX_IDS_PER_REQUEST } from './constants.js'
 import { InvalidParametersError, ProtocolError } from './errors.js'
 
 export const MSG_REQUEST = 0x01
+export const MSG_HAVE = 0x02
+export const HAVE_PROTOCOL = '/strata/blocks-have/1'
 export const STATUS_BLOCK = 0x00
 export const STATUS_MISSING = 0x01
 
@@ -35,20 +41,37 @@ export function checkBlockId (id: unknown): asserts id is Uint8Array {
 }
 
 export function encodeRequest (ids: Uint8Array[]): Uint8Array {
-  if (ids.length < 1 || ids.length > MAX_IDS_PER_REQUEST) throw new InvalidParametersError(`a request carries 1..${MAX_IDS_PER_REQUEST} ids`)
-  const out = new Uint8Array(1 + ids.length * BLOCK_ID_BYTES)
-  out[0] = MSG_REQUEST
-  ids.forEach((id, i) => { checkBlockId(id); out.set(id, 1 + i * BLOCK_ID_BYTES) })
-  return out
+  return encodeIds(MSG_REQUEST, ids)
 }
 
 /** Decode a request body into its ids (copies, independent of the input buffer). */
 export function decodeRequest (msg: Uint8Array | Uint8ArrayList): Uint8Array[] {
-  if (msg.byteLength > MAX_REQUEST_BYTES) throw new ProtocolError(`request of ${msg.byteLength} bytes exceeds ${MAX_REQUEST_BYTES}`)
+  return decodeIds(MSG_REQUEST, msg, 'block request')
+}
+
+export function encodeHave (ids: Uint8Array[]): Uint8Array {
+  return encodeIds(MSG_HAVE, ids)
+}
+
+/** Decode a have body into its ids (copies). */
+export function decodeHave (msg: Uint8Array | Uint8ArrayList): Uint8Array[] {
+  return decodeIds(MSG_HAVE, msg, 'have message')
+}
+
+function encodeIds (type: number, ids: Uint8Array[]): Uint8Array {
+  if (ids.length < 1 || ids.length > MAX_IDS_PER_REQUEST) throw new InvalidParametersError(`a message carries 1..${MAX_IDS_PER_REQUEST} ids`)
+  const out = new Uint8Array(1 + ids.length * BLOCK_ID_BYTES)
+  out[0] = type
+  ids.forEach((id, i) => { checkBlockId(id); out.set(id, 1 + i * BLOCK_ID_BYTES) })
+  return out
+}
+
+function decodeIds (type: number, msg: Uint8Array | Uint8ArrayList, what: string): Uint8Array[] {
+  if (msg.byteLength > MAX_REQUEST_BYTES) throw new ProtocolError(`${what} of ${msg.byteLength} bytes exceeds ${MAX_REQUEST_BYTES}`)
   const b = asBytes(msg)
-  if (b.byteLength < 1 || b[0] !== MSG_REQUEST) throw new ProtocolError('not a block request')
+  if (b.byteLength < 1 || b[0] !== type) throw new ProtocolError(`not a ${what}`)
   const body = b.byteLength - 1
-  if (body === 0 || body % BLOCK_ID_BYTES !== 0) throw new ProtocolError(`request body of ${body} bytes is not 1..${MAX_IDS_PER_REQUEST} ids`)
+  if (body === 0 || body % BLOCK_ID_BYTES !== 0) throw new ProtocolError(`${what} body of ${body} bytes is not 1..${MAX_IDS_PER_REQUEST} ids`)
   const ids: Uint8Array[] = []
   for (let at = 1; at < b.byteLength; at += BLOCK_ID_BYTES) ids.push(b.slice(at, at + BLOCK_ID_BYTES))
   return ids

@@ -3,9 +3,10 @@
  * and the block exchange.
  *
  *   local change  → replica → `logChanges` → LogStore.append (LogSync pushes the notification)
- *   remote entries accepted by LogSync → for each, in log order per device: decode the change
- *   set → fetch the blocks it names that are missing, from every connected team peer → apply
- *   → mark the entry applied.
+ *   remote entries accepted by LogSync → in runs, in log order per device: decode the change
+ *   sets → fetch the blocks they name that are missing, in one session, from every connected
+ *   team peer → apply each → mark it applied.
+ *   blocks sealed into a file still open here → `announce` → peers may prefetch them.
  *
  * The log store is the queue: entries accepted but not applied (a missing block, a crash, a file
  * open here) are read again from it by the next drain, which runs on every accepted batch, on
@@ -35,6 +36,10 @@ export interface SyncServiceComponents {
 export interface SyncServiceInit {
   /** Retry delay while entries wait (missing blocks, no peer online). */
   retryMs?: number
+  /** Entries of one device applied per block fetch, at most (default 512). */
+  batchEntries?: number
+  /** Blocks fetched for one run of entries: no more entries join a run once it names this many (default 256). */
+  batchBlocks?: number
 }
 
 export interface SyncProblem { at: number, ns: string, device: string, seq: number, detail: string }
@@ -52,6 +57,8 @@ export class SyncService {
   private readonly c: SyncServiceComponents
   private readonly log: Logger
   private readonly retryMs: number
+  private readonly batchEntries: number
+  private readonly batchBlocks: number
   private draining: Promise<void> | undefined
   private again = false
   private timer: NodeJS.Timeout | undefined
@@ -63,6 +70,8 @@ export class SyncService {
     this.c = components
     this.log = (components.logger ?? defaultLogger()).forComponent('net:sync')
     this.retryMs = init.retryMs ?? 1000
+    this.batchEntries = init.batchEntries ?? 512
+    this.batchBlocks = init.batchBlocks ?? 256
   }
 
   /** The replica's `onChanges`: one log entry per change set. */
@@ -70,6 +79,13 @@ export class SyncService {
     const a = await this.c.logs.append(cs.ns, encodeChangeSet(cs))
     // Our own entries never need applying here.
     await this.c.logs.markApplied(cs.ns, this.c.logs.self, a.entry.seq)
+  }
+
+  /** The replica's `onBlocksSealed`: tell connected peers, which may fetch the blocks ahead of the entry. */
+  readonly announce = (ids: string[]): void => {
+    if (!this.started) return
+    const peers = this.c.logSync.peers()
+    if (peers.length > 0) this.c.blocks.announce(ids.map(id => Buffer.from(id, 'hex')), peers)
   }
 
   async start (): Promise<void> {
@@ -117,10 +133,12 @@ export class SyncService {
         byDevice.set(e.device, list)
       }
       for (const entries of byDevice.values()) {
-        for (const e of entries) {
+        for (let at = 0; at < entries.length;) {
           if (!this.started) return
-          const ok = await this.applyEntry(e)
-          if (!ok) { waiting += entries.length - entries.indexOf(e); break }
+          const run = entries.slice(at, at + this.batchEntries)
+          const done = await this.applyRun(run)
+          at += done
+          if (done < run.length) { waiting += entries.length - at; break }
         }
       }
     }
@@ -132,34 +150,56 @@ export class SyncService {
     }
   }
 
-  /** Apply one entry; false if it must wait (blocks not available yet). */
-  private async applyEntry (e: AcceptedEntry): Promise<boolean> {
-    let cs: ChangeSet
-    try {
-      cs = decodeChangeSet(e.payload)
-      if (cs.ns !== e.ns) throw new Error(`change set names namespace ${cs.ns} inside a log of ${e.ns}`)
-    } catch (err) {
-      this.problem(e, `entry payload is not a valid change set: ${(err as Error).message}`)
-      await this.c.logs.markApplied(e.ns, e.device, e.seq)
-      return true
+  /**
+   * Apply a run of one device's entries in order; returns how many were applied (the rest wait).
+   * The blocks of the whole run are fetched in one block-exchange session first: a thousand small
+   * files are a few pipelined requests on one stream, not a stream and a round trip per file.
+   */
+  private async applyRun (entries: AcceptedEntry[]): Promise<number> {
+    const sets: Array<ChangeSet | undefined> = []
+    const wanted = new Set<string>()
+    for (const e of entries) {
+      const cs = this.decode(e)
+      sets.push(cs)
+      if (cs !== undefined) for (const id of await this.c.replica.missingBlocks(cs)) wanted.add(id)
+      if (wanted.size >= this.batchBlocks) break
     }
-    const missing = await this.c.replica.missingBlocks(cs)
-    if (missing.length > 0) {
+    if (wanted.size > 0) {
       const peers = this.c.logSync.peers()
-      if (peers.length === 0) return false
-      const r = await this.c.blocks.fetch(missing.map(id => Buffer.from(id, 'hex')), { peers, signal: AbortSignal.timeout(120_000) })
+      if (peers.length === 0) return 0
+      const r = await this.c.blocks.fetch([...wanted].map(id => Buffer.from(id, 'hex')), { peers, signal: AbortSignal.timeout(Math.max(120_000, wanted.size * 1000)) })
       this.counters.blocksFetched += r.fetched
       this.counters.bytesFetched += r.bytes
-      if (r.failed.length > 0) {
-        this.log('entry %s/%s/%d waits for %d blocks no peer delivered', e.ns, e.device, e.seq, r.failed.length)
-        return false
-      }
+      if (r.failed.length > 0) this.log('%d blocks for entries of %s from seq %d: no peer delivered them', r.failed.length, entries[0]?.device, entries[0]?.seq)
     }
-    await this.c.replica.apply(cs)
-    await this.c.logs.markApplied(e.ns, e.device, e.seq)
-    this.counters.entriesApplied++
-    this.counters.lastAppliedAt = Date.now()
-    return true
+    for (let i = 0; i < sets.length; i++) {
+      const e = entries[i] as AcceptedEntry
+      const cs = sets[i]
+      if (cs !== undefined) {
+        // Blocks no peer delivered (or removed meanwhile): this entry and those after it wait.
+        if (wanted.size > 0 && (await this.c.replica.missingBlocks(cs)).length > 0) {
+          this.log('entry %s/%s/%d waits for blocks', e.ns, e.device, e.seq)
+          return i
+        }
+        await this.c.replica.apply(cs)
+        this.counters.entriesApplied++
+        this.counters.lastAppliedAt = Date.now()
+      }
+      await this.c.logs.markApplied(e.ns, e.device, e.seq)
+    }
+    return sets.length
+  }
+
+  /** The entry's change set, or undefined (reported) if it is not one: such an entry is skipped. */
+  private decode (e: AcceptedEntry): ChangeSet | undefined {
+    try {
+      const cs = decodeChangeSet(e.payload)
+      if (cs.ns !== e.ns) throw new Error(`change set names namespace ${cs.ns} inside a log of ${e.ns}`)
+      return cs
+    } catch (err) {
+      this.problem(e, `entry payload is not a valid change set: ${(err as Error).message}`)
+      return undefined
+    }
   }
 
   private problem (e: AcceptedEntry, detail: string): void {

@@ -8,7 +8,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey, Stream } from '@libp2p/interface'
 import type { BlockStore } from '../fs/store/index.js'
 import { BlockExchange, type BlockExchangeInit } from '../net/block-exchange.js'
-import { MAX_REQUEST_BYTES, decodeReply, decodeRequest, encodeReply, encodeRequest, STATUS_BLOCK } from '../net/block-messages.js'
+import { MAX_REQUEST_BYTES, decodeHave, decodeReply, decodeRequest, encodeHave, encodeReply, encodeRequest, STATUS_BLOCK } from '../net/block-messages.js'
 import { BLOCKS_PROTOCOL, DEFAULT_MAX_BLOCK_BYTES } from '../net/constants.js'
 import type { StrataNode } from '../net/node.js'
 import { encodeVarint } from '../net/wire.js'
@@ -249,6 +249,7 @@ t.test('serving re-checks the peer: a revoked peer gets nothing on an open conne
 
 t.test('fuzz: 200 random and mutated messages; decoders return or throw ProtocolError, nothing else', async t => {
   const valid = encodeRequest(makeBlocks(5, 10).map(b => b.id))
+  const validHave = encodeHave(makeBlocks(3, 10).map(b => b.id))
   const validReply = Buffer.concat(encodeReply({ status: STATUS_BLOCK, id: Buffer.alloc(32, 1), bytes: randomBytes(100) }))
   const mutate = (m: Uint8Array): Uint8Array => {
     const out = Buffer.from(m)
@@ -263,7 +264,7 @@ t.test('fuzz: 200 random and mutated messages; decoders return or throw Protocol
   for (let i = 0; i < 200; i++) {
     const req = i % 2 === 0 ? randomBytes(Math.floor(Math.random() * 2200)) : mutate(valid)
     const rep = i % 2 === 0 ? randomBytes(Math.floor(Math.random() * 200)) : mutate(validReply)
-    for (const run of [() => decodeRequest(req), () => decodeReply(rep, DEFAULT_MAX_BLOCK_BYTES)]) {
+    for (const run of [() => decodeRequest(req), () => decodeHave(i % 4 === 1 ? mutate(validHave) : req), () => decodeReply(rep, DEFAULT_MAX_BLOCK_BYTES)]) {
       try {
         const out = run()
         if (Array.isArray(out)) { if (out.length < 1 || out.length > 64 || out.some(id => id.length !== 32)) other.push(new Error('bad ids')) }
@@ -276,4 +277,36 @@ t.test('fuzz: 200 random and mutated messages; decoders return or throw Protocol
   }
   t.same(other, [], 'no other error and no invalid result')
   t.ok(rejected > 0 && ok > 0, `${ok} decoded, ${rejected} rejected`)
+})
+
+t.test('announce: the receiver prefetches announced blocks once; a fetch meanwhile waits instead of fetching twice', async t => {
+  const a = await makePeer(t); const b = await makePeer(t)
+  await introduce(b.node, a.node)
+  const blocks = makeBlocks(12, 300_000)
+  await putAll(a.store, blocks)
+  b.ex.announce([], [a.id]) // nothing to say: no stream
+  a.ex.announce(blocks.map(x => x.id), [b.id, a.id]) // itself is skipped
+  // The log entry naming the same blocks arrives while the prefetch runs.
+  const r = await b.ex.fetch(blocks.map(x => x.id), { peers: [a.id] })
+  t.same(r.failed, [])
+  t.ok(await holdsAll(b.store, blocks), 'every block is stored intact')
+  const deadline = Date.now() + 20_000
+  while (b.ex.stats().prefetched + r.fetched < blocks.length && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
+  t.equal(b.ex.stats().prefetched + r.fetched, blocks.length, 'each block fetched by exactly one of the two')
+  t.equal(a.ex.stats().bytesSent, sum(blocks), 'each byte crossed the wire once')
+  await t.rejects(async () => { a.ex.announce([Buffer.alloc(3)], [b.id]) }, { name: 'InvalidParametersError' })
+})
+
+t.test('announce from a peer that is not allowed is refused and prefetches nothing', async t => {
+  const a = await makePeer(t)
+  let allowA = true
+  const b = await makePeer(t, { allow: p => p !== a.id || allowA })
+  await introduce(b.node, a.node)
+  const blocks = makeBlocks(3, 1000)
+  await putAll(a.store, blocks)
+  allowA = false
+  a.ex.announce(blocks.map(x => x.id), [b.id])
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  t.equal(b.ex.stats().prefetched, 0, 'nothing prefetched on a refused peer\'s word')
+  t.equal(a.ex.stats().bytesSent, 0)
 })

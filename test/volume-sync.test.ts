@@ -237,3 +237,28 @@ t.test('changes committed but not yet logged when the daemon dies are logged at 
   await third.stop()
   t.equal(quiet.length, 0, 'nothing is logged twice')
 })
+
+t.test('blocks sealed into a file still open are announced as they stand, once the writer paused', async t => {
+  const tv = await makeVolume(t, { blockSize: BS })
+  const vol = tv.strata.vol
+  const announced: string[] = []
+  const replica = new Replica({ volume: vol }, { device: A_ID, flushDelayMs: 600_000, onChanges: async () => {}, onBlocksSealed: ids => { announced.push(...ids) } })
+  await replica.start()
+  t.teardown(async () => { await replica.stop() })
+  const { attr, fh } = await vol.create(ROOT_INO, 'growing.bin')
+  for (let i = 0; i < 4; i++) await vol.write(fh, i * BS, randomBytes(BS)) // each full block is sealed at once
+  for (let i = 0; i < 3; i++) await vol.write(fh, 100, randomBytes(50)) // rewritten in place while open
+  await vol.fsync(fh)
+  const deadline = Date.now() + 10_000
+  const final = async (): Promise<string[]> => (await vol.blockList(attr.ino)).map(b => b.id)
+  while (!(await final()).every(id => announced.includes(id)) && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 50))
+  const want = await final()
+  t.equal(want.length, 4)
+  t.ok(want.every(id => announced.includes(id)), 'every block the file holds was announced while it was open')
+  t.ok(announced.filter(id => !want.includes(id)).length <= 1, `superseded versions are not announced (at most one raced the delay): ${announced.length} announced`)
+  await vol.release(fh)
+  const before = announced.length
+  await writeFile(vol, ROOT_INO, 'closed.txt', Buffer.from('small and closed at once'))
+  await new Promise(resolve => setTimeout(resolve, 300))
+  t.equal(announced.length, before, 'a file written and closed at once goes by its log entry alone')
+})

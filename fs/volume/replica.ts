@@ -26,7 +26,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { createHash } from 'node:crypto'
 import { constants as C } from 'node:fs'
 import type { StrataVolume } from './strata-volume.js'
-import { decodeDirent } from './records.js'
+import { decodeDirent, decodeManifest } from './records.js'
 import { ROOT_INO, type FileType } from './types.js'
 import type { BatchOp } from './meta-store.js'
 import {
@@ -45,6 +45,11 @@ export interface ReplicaInit {
   deviceLabel?: (device: string) => string
   /** Debounce of change capture. */
   flushDelayMs?: number
+  /**
+   * Blocks (hex ids) just sealed into a file that is still open here. Its change set waits until
+   * it is closed; peers told now can fetch the blocks meanwhile (a hint: they verify and may drop it).
+   */
+  onBlocksSealed?: (ids: string[]) => void
   onError?: (what: string, err: Error) => void
 }
 
@@ -71,6 +76,9 @@ export class Replica {
   private deferred: SyncObject[] = []
   private retryTimer: NodeJS.Timeout | undefined
   private started = false
+  /** Manifest records of open files committed since the last announcement. */
+  private sealed: string[] = []
+  private announceTimer: NodeJS.Timeout | undefined
   private readonly observer = (ops: readonly BatchOp[]): void => { this.observe(ops) }
 
   constructor (components: { volume: StrataVolume }, init: ReplicaInit) {
@@ -102,6 +110,8 @@ export class Replica {
     if (this.vol.meta.observer === this.observer) this.vol.meta.observer = undefined
     clearTimeout(this.timer)
     clearTimeout(this.retryTimer)
+    clearTimeout(this.announceTimer)
+    this.sealed = []
     await this.flush()
     await this.vol.meta.write([{ type: 'del', key: RUNNING }], { sync: true })
   }
@@ -119,11 +129,42 @@ export class Replica {
       if ((kind === 'i' || kind === 'm' || kind === 'x') && k[1] === '/') {
         const ino = parseInt(k.slice(2, 16), 16)
         if (Number.isSafeInteger(ino) && ino !== ROOT_INO) this.changedInodes.add(ino)
+        if (kind === 'm' && op.type === 'put' && this.init.onBlocksSealed !== undefined && this.vol.isBusy(ino)) this.sealed.push(k)
       } else if (kind === 'd' && k[1] === '/') {
         this.changedEntries.add(k)
       }
     }
     this.schedule(this.init.flushDelayMs ?? 30)
+    this.scheduleAnnounce()
+  }
+
+  /** Tell peers about blocks of open files every 100 ms while they are written (one message per batch). */
+  private scheduleAnnounce (): void {
+    if (this.sealed.length === 0 || this.announceTimer !== undefined || !this.started) return
+    this.announceTimer = setTimeout(() => {
+      this.announceTimer = undefined
+      this.announce().catch(err => { this.init.onError?.('announce', err as Error) })
+    }, 100)
+    this.announceTimer.unref()
+  }
+
+  /**
+   * Announce what the manifest records hold now, not each sealed version: a block rewritten in
+   * place (a read-modify-write seals after every write that fills it) is announced once, as it
+   * stands at the end of the delay, so peers do not fetch versions nothing will reference. Files
+   * closed by then (small files, a quick `dd`) are left to their change set.
+   */
+  private async announce (): Promise<void> {
+    const keys = new Set(this.sealed)
+    this.sealed = []
+    const ids = new Set<string>()
+    for (const key of keys) {
+      // Closed meanwhile: its change set follows within the capture delay and names the blocks.
+      if (!this.vol.isBusy(parseInt(key.slice(2, 16), 16))) continue
+      const rec = await this.vol.meta.get(key)
+      if (rec !== undefined) ids.add(decodeManifest(key, rec.body).id)
+    }
+    if (ids.size > 0 && this.started) this.init.onBlocksSealed?.([...ids])
   }
 
   private schedule (ms: number): void {
