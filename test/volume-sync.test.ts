@@ -262,3 +262,55 @@ t.test('blocks sealed into a file still open are announced as they stand, once t
   await new Promise(resolve => setTimeout(resolve, 300))
   t.equal(announced.length, before, 'a file written and closed at once goes by its log entry alone')
 })
+
+for (const [tempA, tempB] of [[true, false], [true, true], [false, false]] as const) t.test(`save-by-rename of one file on both sides of a partition converges: one conflict copy, named alike, no stray temp file (temp name logged on A: ${String(tempA)}, on B: ${String(tempB)})`, async t => {
+  const { a, b, settle } = await makePair(t)
+  await writeFile(a.vol, ROOT_INO, 'doc.txt', Buffer.from('base\n'))
+  await settle()
+  const save = async (s: Side, text: string, mtime: bigint, logTemp: boolean): Promise<void> => {
+    const ino = await writeFile(s.vol, ROOT_INO, 'doc.txt.tmp', Buffer.from(text))
+    await s.vol.setattr(ino, { mtime })
+    if (logTemp) await s.replica.flush() // the temp name reaches the log before the rename on this side only
+    await s.vol.rename(ROOT_INO, 'doc.txt.tmp', ROOT_INO, 'doc.txt')
+  }
+  await save(a, 'saved on A\n', 1_800_000_000_000_000_000n, tempA)
+  await save(b, 'saved on B, later\n', 1_800_000_100_000_000_000n, tempB)
+  await settle()
+  const ta = await tree(a.vol)
+  t.same(await tree(b.vol), ta, `both devices hold the same files: ${ta.join(' | ')}`)
+  const names = (await a.vol.readdir(ROOT_INO)).map(e => e.name.toString()).sort()
+  t.notOk(names.includes('doc.txt.tmp'), 'the temp name is gone on both')
+  t.equal(names.length, 2, `the file and one conflict copy: ${names.join(', ')}`)
+  const texts = await Promise.all(names.map(async n => (await readAll(a.vol, `/${n}`)).toString()))
+  t.same(texts.sort(), ['saved on A\n', 'saved on B, later\n'], 'both saves are kept')
+  t.equal(a.replica.pending + b.replica.pending, 0, 'nothing left waiting')
+})
+
+t.test('objects that wait for apply (a file open here) survive a crash of the replica: the change lands after restart', async t => {
+  const { a, b, deliver } = await makePair(t)
+  await writeFile(a.vol, ROOT_INO, 'open.txt', Buffer.from('old content'))
+  await deliver(a, b)
+  const rfh = await b.vol.open((await b.vol.resolve('/open.txt')).ino)
+  const fh = await a.vol.open((await a.vol.resolve('/open.txt')).ino, { write: true, truncate: true })
+  await a.vol.write(fh, 0, Buffer.from('new content!'))
+  await a.vol.release(fh)
+  await deliver(a, b) // the log entry counts as applied once this returns
+  t.ok(b.replica.pending > 0, 'the change waits for the reader')
+  // Crash: the replica's memory is gone; a new one starts on the same volume.
+  b.vol.meta.observer = undefined
+  const crashed = b.replica
+  t.teardown(async () => { await crashed.stop() })
+  await b.vol.release(rfh)
+  const again = new Replica({ volume: b.vol }, { device: B_ID, flushDelayMs: 600_000, onChanges: async () => {} })
+  await again.start()
+  t.teardown(async () => { await again.stop() })
+  t.ok(again.pending > 0, 'the waiting object was stored and is loaded back')
+  await again.apply({ ns: b.vol.rootNamespace, objects: [] })
+  t.same(await readAll(b.vol, '/open.txt'), Buffer.from('new content!'), 'applied after the restart')
+  t.equal(again.pending, 0, 'nothing left waiting')
+  const third = new Replica({ volume: b.vol }, { device: B_ID, flushDelayMs: 600_000, onChanges: async () => {} })
+  await again.stop()
+  await third.start()
+  t.teardown(async () => { await third.stop() })
+  t.equal(third.pending, 0, 'the stored copy was removed once applied')
+})

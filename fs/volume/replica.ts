@@ -29,6 +29,7 @@ import type { StrataVolume } from './strata-volume.js'
 import { decodeDirent, decodeManifest } from './records.js'
 import { ROOT_INO, type FileType } from './types.js'
 import type { BatchOp } from './meta-store.js'
+import { PendingObjects, type Waiting } from './replica-pending.js'
 import {
   bumpVv, compareVv, mergeVv, stateHash, vvLeq, vvText, type VvOrder,
   type ChangeSet, type DirentObject, type InodeObject, type SyncObject, type VersionVector
@@ -54,7 +55,13 @@ export interface ReplicaInit {
 }
 
 interface InodeState { vv: VersionVector, h: string, by: string, names: string[] }
-interface DirentState { vv: VersionVector, h: string, by: string, p: string, n: string, c: string, t: FileType, dead?: boolean }
+/**
+ * `pv`: the vector of the change that put the current child under this name. A removal that
+ * covers it removes that child even when the entry's vector also holds unrelated concurrent
+ * history (this device replaced and removed the name too: `write x.tmp; mv x.tmp x` on both
+ * sides of a partition).
+ */
+interface DirentState { vv: VersionVector, h: string, by: string, p: string, n: string, c: string, t: FileType, dead?: boolean, pv?: VersionVector }
 
 const SCANNED = 'V/scanned'
 /** Present while a replica runs: found at start, the last run ended in a crash. */
@@ -72,8 +79,11 @@ export class Replica {
   private timer: NodeJS.Timeout | undefined
   private chain: Promise<unknown> = Promise.resolve()
   /** Inode objects of files not placed here yet: a dirent object will place them. */
-  private readonly incoming = new Map<string, InodeObject>()
-  private deferred: SyncObject[] = []
+  private readonly incoming = new Map<string, { ns: string, o: InodeObject }>()
+  private deferred: Waiting[] = []
+  /** Both of the above, stored (they outlive the log entries that brought them). */
+  private readonly waiting: PendingObjects
+  private loaded: Promise<void> | undefined
   private retryTimer: NodeJS.Timeout | undefined
   private started = false
   /** Manifest records of open files committed since the last announcement. */
@@ -84,6 +94,7 @@ export class Replica {
   constructor (components: { volume: StrataVolume }, init: ReplicaInit) {
     this.vol = components.volume
     this.init = init
+    this.waiting = new PendingObjects(this.vol.meta)
   }
 
   /** Start capturing changes; the first start on a volume exports everything already in it. */
@@ -102,6 +113,28 @@ export class Replica {
       await this.flush()
     }
     await this.vol.meta.write([{ type: 'put', key: SCANNED, value: new Uint8Array(0) }, { type: 'put', key: RUNNING, value: new Uint8Array(0) }], { sync: true })
+    await this.loadWaiting()
+    this.scheduleRetry()
+  }
+
+  /** Objects that waited when the last process ended (once, before the first apply). */
+  private async loadWaiting (): Promise<void> {
+    this.loaded ??= this.waiting.load().then(list => {
+      for (const w of list) {
+        if (w.incoming === true && w.o.k === 'i') this.incoming.set(w.o.fid, { ns: w.ns, o: w.o })
+        else this.deferred.push(w)
+      }
+    })
+    await this.loaded
+  }
+
+  private scheduleRetry (): void {
+    if (this.deferred.length === 0 || this.retryTimer !== undefined || !this.started) return
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined
+      this.apply({ ns: this.vol.rootNamespace, objects: [] }).catch(err => { this.init.onError?.('apply', err as Error) })
+    }, 1000)
+    this.retryTimer.unref()
   }
 
   async stop (): Promise<void> {
@@ -230,7 +263,7 @@ export class Replica {
           const h = stateHash(o)
           if (st?.h === h) continue
           o.vv = bumpVv(st?.vv ?? {}, this.init.device)
-          await add(parent.ns, o, key, { vv: o.vv, h, by: o.by, p: o.p, n: o.n, c: o.c, t: o.t })
+          await add(parent.ns, o, key, { vv: o.vv, h, by: o.by, p: o.p, n: o.n, c: o.c, t: o.t, pv: o.vv })
           names.push([parent.ns, child.fid, ekey])
           continue
         }
@@ -323,27 +356,25 @@ export class Replica {
       // Local changes not yet logged must get their vectors first, or a remote change would
       // look newer than them and overwrite them.
       await this.capture()
-      const todo = [...this.deferred, ...cs.objects.filter(o => o.k === 'i'), ...cs.objects.filter(o => o.k === 'd' && o.dead !== true),
-        ...cs.objects.filter(o => o.k === 'd' && o.dead === true)]
+      await this.loadWaiting()
+      const mine = (os: SyncObject[]): Waiting[] => os.map(o => ({ ns: cs.ns, o }))
+      const todo = [...this.deferred, ...mine(cs.objects.filter(o => o.k === 'i')), ...mine(cs.objects.filter(o => o.k === 'd' && o.dead !== true)),
+        ...mine(cs.objects.filter(o => o.k === 'd' && o.dead === true))]
       this.deferred = []
       let progress = true
       while (progress && todo.length > 0) {
         progress = false
         for (let i = 0; i < todo.length;) {
-          const o = todo[i] as SyncObject
+          const { ns, o } = todo[i] as Waiting
           if (this.changedInodes.size + this.changedEntries.size > 0) await this.capture()
-          const done = o.k === 'i' ? await this.applyInode(cs.ns, o) : (o.dead === true ? await this.applyRemoval(cs.ns, o) : await this.applyEntry(cs.ns, o))
+          const done = o.k === 'i' ? await this.applyInode(ns, o) : (o.dead === true ? await this.applyRemoval(ns, o) : await this.applyEntry(ns, o))
           if (done) { todo.splice(i, 1); applied++; progress = true } else i++
         }
       }
       this.deferred = todo
-      if (todo.length > 0 && this.retryTimer === undefined) {
-        this.retryTimer = setTimeout(() => {
-          this.retryTimer = undefined
-          this.apply({ ns: cs.ns, objects: [] }).catch(err => { this.init.onError?.('apply', err as Error) })
-        }, 1000)
-        this.retryTimer.unref()
-      }
+      // Stored before the caller marks the entry applied: a crash from here on loses nothing.
+      await this.waiting.save([...todo, ...[...this.incoming.values()].map(x => ({ ...x, incoming: true }))])
+      this.scheduleRetry()
       return { applied, pending: this.pending }
     }))
   }
@@ -355,7 +386,7 @@ export class Replica {
     if (order === 'equal' || order === 'after') return true
     const ino = await this.vol.inoOfFid(o.fid)
     if (ino === undefined) {
-      this.incoming.set(o.fid, o)
+      this.incoming.set(o.fid, { ns, o })
       if (st !== undefined) await this.resurrect(ns, o, st) // removed here, edited there since: the edit wins
       return true
     }
@@ -398,7 +429,7 @@ export class Replica {
     const cur = await this.vol.entry(pino, name)
     const curFid = cur === undefined ? undefined : (await this.vol.getInode(cur.ino)).fid
     const record = async (): Promise<void> => {
-      await this.writeState(ns, key, { vv: mergeVv(st?.vv ?? {}, o.vv), h: stateHash(o), by: o.by, p: o.p, n: o.n, c: o.c, t: o.t })
+      await this.writeState(ns, key, { vv: mergeVv(st?.vv ?? {}, o.vv), h: stateHash(o), by: o.by, p: o.p, n: o.n, c: o.c, t: o.t, pv: o.vv })
       await this.addName(ns, o.c, ekey)
     }
     if (curFid === o.c) { await record(); return true }
@@ -406,7 +437,7 @@ export class Replica {
       if (order === 'concurrent' && st?.dead !== true && curFid !== undefined && curFid > o.c) {
         // Both devices put a different file under this name: the other one gets a conflict name.
         const mine = await this.vol.getInode(cur.ino)
-        await this.place(ns, o.c, childIno, pino, conflictName(name, this.label(o.by), mtimeOf(this.incoming.get(o.c)) ?? mine.mtime))
+        await this.place(ns, o.c, childIno, pino, conflictName(name, this.label(o.by), mtimeOf(this.incoming.get(o.c)?.o) ?? (childIno !== undefined ? (await this.vol.getInode(childIno)).mtime : mine.mtime)))
         await this.writeState(ns, key, { ...(st as DirentState), vv: mergeVv(st?.vv ?? {}, o.vv) })
         return true
       }
@@ -433,7 +464,9 @@ export class Replica {
     const curIno = cur === undefined ? undefined : await this.vol.getInode(cur.ino)
     const cst = await this.readState<InodeState>(`V/i/${o.c}`)
     const editedSince = cst !== undefined && !vvLeq(cst.vv, o.cv ?? {})
-    if (curIno === undefined || curIno.fid !== o.c || order === 'concurrent' || editedSince) {
+    // Did this device name the child here by a change the removal has not seen?
+    const renamedHere = st?.pv !== undefined && st.dead !== true ? !vvLeq(st.pv, o.vv) : order === 'concurrent'
+    if (curIno === undefined || curIno.fid !== o.c || renamedHere || editedSince) {
       // Nothing to remove, another file holds the name now, or this device changed it meanwhile:
       // keep what is here (a removal never beats a concurrent edit).
       if (curIno?.fid === o.c) merged.dead = undefined
@@ -463,7 +496,7 @@ export class Replica {
       const from = (await this.vol.readdir(inode.parent)).find(e => e.ino === ino)
       if (from !== undefined) { await this.vol.rename(inode.parent, from.name, pino, name); return }
     }
-    const o = this.incoming.get(fid)
+    const o = this.incoming.get(fid)?.o
     if (o === undefined) throw new Error(`no state for file ${fid}`)
     const opts = { mode: o.mode, uid: o.uid, gid: o.gid, fid }
     let made: number
@@ -511,7 +544,7 @@ export class Replica {
       if (d !== undefined && p !== undefined) { pino = p; name = Buffer.from(d.n, 'base64'); break }
     }
     const copy: InodeObject = { ...loser, fid, vv: {} }
-    this.incoming.set(fid, copy)
+    this.incoming.set(fid, { ns, o: copy })
     await this.place(ns, fid, undefined, pino, conflictName(name, this.label(loser.by), BigInt(loser.mtime)))
   }
 
