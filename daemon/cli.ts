@@ -55,7 +55,7 @@ function exitCodeOf (err: Error & { code?: string }): number {
   switch (err.code) {
     case 'ERR_VOLUME_FORMAT': return EXIT.DATA_DIR
     case 'ERR_HSM_WRONG_PIN': case 'ERR_HSM_PIN_LOCKED': case 'ERR_HSM_PIN_MISSING': return EXIT.PIN
-    case 'ERR_HSM_MODULE_NOT_FOUND': case 'ERR_HSM_TOKEN_NOT_FOUND': case 'ERR_HSM_TOKEN': return EXIT.TOKEN
+    case 'ERR_HSM_MODULE_NOT_FOUND': case 'ERR_HSM_TOKEN_NOT_FOUND': case 'ERR_HSM_TOKEN': case 'ERR_HSM_TOKEN_UNAVAILABLE': return EXIT.TOKEN
     case 'ERR_TEAM_DISABLED': case 'ERR_TEAM_DESTROYED': return EXIT.TEAM
     case 'ERR_BLOCK_CORRUPT': case 'ERR_BLOCK_MISSING': case 'ERR_RECORD_CORRUPT': case 'ERR_KEY_CUSTODY': return EXIT.INTEGRITY
     case 'ERR_MOUNTPOINT': case 'ERR_MOUNTPOINT_BUSY': case 'ERR_VOLUME_BUSY': case 'ERR_MOUNT': case 'ERR_FUSE_MISSING': return EXIT.MOUNT

@@ -255,6 +255,12 @@ async function openMany (conn: Connection, protocol: string, n: number): Promise
   return { opened, refused: n - opened.length }
 }
 
+async function sequential<T> (n: number, fn: () => Promise<T>): Promise<T[]> {
+  const out: T[] = []
+  for (let i = 0; i < n; i++) out.push(await fn())
+  return out
+}
+
 /** Hundreds of streams on one connection, many more connections, and strangers' connections. */
 const streamFlood: Attack = async k => {
   const conn = await dialTarget(k)
@@ -266,7 +272,12 @@ const streamFlood: Attack = async k => {
     try { extra.push(await dialTarget(k, true)) } catch { extraFailed++ }
   }
   const more = await Promise.all(extra.map(async c => await openMany(c, LOG_PROTOCOL, 20)))
-  const strangers = await Promise.all(Array.from({ length: 8 }, async () => {
+  // The strangers come after a pause and one by one: libp2p's per-host inbound rate limit
+  // (a few connections a second) would otherwise drop them at TCP accept, before Noise, and the
+  // gater that counts refused peers would never see them.
+  await wait(1500)
+  const strangers = await sequential(8, async () => {
+    await wait(300)
     const key = await generateKeyPair('Ed25519')
     const n = await createStrataNode({ privateKey: key, listen: [], mdns: false, allowPeer: () => true })
     // Noise lets the dialer finish its handshake before the target's gater decides, so a
@@ -276,7 +287,7 @@ const streamFlood: Attack = async k => {
       await c.newStream(LOG_PROTOCOL, { signal: AbortSignal.timeout(10_000) })
       return 'admitted'
     } catch { return 'refused' } finally { await n.stop() }
-  }))
+  })
   // Hold everything past the target's first-message timeout, then see what it left open.
   await wait(12_000)
   const stillOpen = [...log.opened, ...blocks.opened, ...more.flatMap(m => m.opened)].filter(s => s.status === 'open').length

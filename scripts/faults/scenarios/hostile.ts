@@ -3,6 +3,10 @@
  * device is a real data dir — enrolled with `strata join`, or of another team — driven by
  * scripts/faults/hostile-peer.ts instead of the daemon. Each scenario checks that B rejects and
  * reports it (`strata status --json`), keeps serving A, and stays within a memory bound.
+ *
+ * Each needs three enrolled drives (30-45 s here), so `--quick` (in `npm test`) runs only the
+ * tampered-block and replay scenarios; the unenrolled, fork, malformed and flood attacks run in
+ * the full run, and npm test covers them at protocol level (net-*.test.ts, sync-daemon.test.ts).
  */
 import { strata as strataCli, treeHash, type Drive } from '../../../test/helpers/mount.js'
 import { firstDrive, ok, status, until } from '../../../test/helpers/team.js'
@@ -54,6 +58,7 @@ function problemsFrom (s: any, peer: string, kind: string): any[] {
 
 const unenrolledDevice: Scenario = {
   name: 'hostile-unenrolled-device',
+  slow: true,
   injects: 'a device of another team (its own token and TEK) dials the daemon: closed after Noise before any protocol, reported in status.sync.refusedPeers',
   run: async ctx => {
     const a = await firstDrive(ctx)
@@ -121,6 +126,7 @@ const replayedEntries: Scenario = {
 
 const forkedLog: Scenario = {
   name: 'hostile-forked-log',
+  slow: true,
   injects: 'an enrolled device signs different entries with one sequence number (in one answer, and again after the first was accepted): fork rejected, reported in status.sync.logProblems, never applied',
   run: async ctx => {
     const t = await trio(ctx, true)
@@ -141,6 +147,7 @@ const forkedLog: Scenario = {
 
 const malformedAndOversized: Scenario = {
   name: 'hostile-malformed-and-oversized',
+  slow: true,
   injects: 'an enrolled device sends oversized frames, over-long length prefixes, random bytes, truncated and unknown messages, a wrong-team hello and silence on /strata/log/1 and /strata/blocks/1: each stream closed with an error and counted, the daemon alive',
   run: async ctx => {
     const t = await trio(ctx)
@@ -161,6 +168,7 @@ const malformedAndOversized: Scenario = {
 
 const streamFlood: Scenario = {
   name: 'hostile-stream-flood',
+  slow: true,
   injects: 'an enrolled device opens 400 streams on one connection and 30 more connections with 20 streams each, and 8 strangers connect: refused beyond the limits, idle streams closed, the daemon keeps serving with bounded memory',
   run: async ctx => {
     const t = await trio(ctx)
