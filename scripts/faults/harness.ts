@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
 
-export interface Scenario {
+export interface Scenario<S = unknown> {
   /** Says what it injects: `<area>-<fault>`, e.g. `token-removed-and-restored`. */
   name: string
   /** One line for `--list` and the README. */
@@ -18,9 +18,16 @@ export interface Scenario {
   randomised?: boolean
   /** Left out of --quick (the full run only). */
   slow?: boolean
-  /** Bound on one iteration; the scenario fails when it passes. Default 240 s. */
+  /** Bound on one iteration (and on `prepare`); the scenario fails when it passes. Default 240 s. */
   timeoutMs?: number
-  run: (ctx: FaultContext) => Promise<void>
+  /**
+   * Optional: the deployment (data dirs, tokens, daemons) set up once per scenario and handed to
+   * every iteration, so 50 iterations are 50 injections, not 50 set-ups. What it registers with
+   * `ctx.teardown` runs after the last iteration (or the first failure: a failed iteration may
+   * have left the deployment in any state, so the scenario stops there).
+   */
+  prepare? (ctx: FaultContext): Promise<S>
+  run (ctx: FaultContext, shared: S): Promise<void>
 }
 
 export class ScenarioFailure extends Error {
@@ -82,14 +89,17 @@ export interface FaultContext {
 
 export interface IterationResult { ok: boolean, reason?: string, log: string[] }
 
-export async function runIteration (s: Scenario, opts: { quick: boolean, seed: number, iteration: number, verbose: boolean }): Promise<IterationResult> {
+interface Opts { quick: boolean, seed: number, verbose: boolean }
+
+/** A context whose teardowns and log belong to one unit of work (an iteration, or `prepare`). */
+function makeContext (s: Scenario, opts: Opts, iteration: number, label: string): { ctx: FaultContext, teardowns: Array<() => void | Promise<void>>, log: string[] } {
   const teardowns: Array<() => void | Promise<void>> = []
   const log: string[] = []
   const ctx: FaultContext = {
     quick: opts.quick,
     seed: opts.seed,
-    iteration: opts.iteration,
-    rng: new Rng(`${opts.seed}/${s.name}/${opts.iteration}`),
+    iteration,
+    rng: new Rng(`${opts.seed}/${s.name}/${label}`),
     teardown: fn => { teardowns.push(fn) },
     tmp: (prefix = 'strata-fault-') => {
       const dir = mkdtempSync(join(tmpdir(), prefix))
@@ -97,30 +107,66 @@ export async function runIteration (s: Scenario, opts: { quick: boolean, seed: n
       return dir
     },
     log: msg => {
-      const line = `  [${s.name}#${opts.iteration}] ${msg}`
+      const line = `  [${s.name}#${label}] ${msg}`
       log.push(line)
       if (opts.verbose) process.stdout.write(line + '\n')
     },
     check: (cond, message) => { if (cond === false || cond === undefined || cond === null || cond === 0) throw new ScenarioFailure(message) },
     fail: message => { throw new ScenarioFailure(message) }
   }
-  const limit = s.timeoutMs ?? 240_000
+  return { ctx, teardowns, log }
+}
+
+async function bounded<T> (work: Promise<T>, limitMs: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined
-  let result: IterationResult
   try {
-    await Promise.race([
-      s.run(ctx),
-      new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new ScenarioFailure(`timed out after ${Math.round(limit / 1000)} s`)) }, limit) })
+    return await Promise.race([
+      work,
+      new Promise<never>((_resolve, reject) => { timer = setTimeout(() => { reject(new ScenarioFailure(`timed out after ${Math.round(limitMs / 1000)} s`)) }, limitMs) })
     ])
-    result = { ok: true, log }
-  } catch (err) {
-    const e = err as Error
-    result = { ok: false, reason: e instanceof ScenarioFailure ? e.message : `${e.name}: ${e.message}`, log }
   } finally {
     clearTimeout(timer)
   }
+}
+
+function reasonOf (err: unknown): string {
+  const e = err as Error
+  return e instanceof ScenarioFailure ? e.message : `${e.name}: ${e.message}`
+}
+
+async function undo (teardowns: Array<() => void | Promise<void>>, log: string[]): Promise<void> {
   for (const fn of teardowns.reverse()) {
     try { await fn() } catch (err) { log.push(`  teardown: ${(err as Error).message}`) }
   }
+}
+
+/**
+ * Run a scenario: `prepare` once if it has one, then `iterations` iterations, stopping at the
+ * first failure; every teardown runs, also on failure and timeout. `onFailureLog` receives the
+ * failing unit's log lines.
+ */
+export async function runScenario (s: Scenario, opts: Opts & { iterations: number }): Promise<IterationResult & { ran: number }> {
+  const limit = s.timeoutMs ?? 240_000
+  const setup = makeContext(s, opts, -1, 'setup')
+  let shared: unknown
+  try {
+    if (s.prepare !== undefined) shared = await bounded(s.prepare(setup.ctx), limit)
+  } catch (err) {
+    await undo(setup.teardowns, setup.log)
+    return { ok: false, reason: `set-up: ${reasonOf(err)}`, log: setup.log, ran: 0 }
+  }
+  let result: IterationResult & { ran: number } = { ok: true, log: [], ran: 0 }
+  for (let i = 0; i < opts.iterations; i++) {
+    const it = makeContext(s, opts, i, String(i))
+    try {
+      await bounded(s.run(it.ctx, shared), limit)
+      result.ran++
+    } catch (err) {
+      result = { ok: false, reason: opts.iterations > 1 ? `iteration ${i + 1} of ${opts.iterations}: ${reasonOf(err)}` : reasonOf(err), log: [...setup.log, ...it.log], ran: i }
+    }
+    await undo(it.teardowns, it.log)
+    if (!result.ok) break
+  }
+  await undo(setup.teardowns, result.ok ? setup.log : result.log)
   return result
 }

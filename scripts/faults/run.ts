@@ -9,7 +9,7 @@
  */
 import '../../net/shim.js'
 import { randomInt } from 'node:crypto'
-import { runIteration, type Scenario } from './harness.js'
+import { runScenario, type Scenario } from './harness.js'
 import { scenarios } from './scenarios/index.js'
 
 const FULL_ITERATIONS = 50
@@ -62,14 +62,9 @@ async function main (): Promise<void> {
   for (const s of list) {
     const iterations = s.randomised === true ? (o.iterations ?? (o.quick ? 1 : FULL_ITERATIONS)) : 1
     const started = Date.now()
-    let failure: string | undefined
-    for (let i = 0; i < iterations && failure === undefined; i++) {
-      const r = await runIteration(s, { quick: o.quick, seed: o.seed, iteration: i, verbose: o.verbose })
-      if (!r.ok) {
-        failure = iterations > 1 ? `iteration ${i + 1} of ${iterations}: ${r.reason ?? ''}` : r.reason ?? 'failed'
-        if (!o.verbose) for (const line of r.log) process.stdout.write(line + '\n')
-      }
-    }
+    const r = await runScenario(s, { quick: o.quick, seed: o.seed, verbose: o.verbose, iterations })
+    const failure = r.ok ? undefined : r.reason ?? 'failed'
+    if (!r.ok && !o.verbose) for (const line of r.log) process.stdout.write(line + '\n')
     const secs = ((Date.now() - started) / 1000).toFixed(1)
     if (failure === undefined) {
       passed++
