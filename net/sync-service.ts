@@ -181,7 +181,14 @@ export class SyncService {
           this.log('entry %s/%s/%d waits for blocks', e.ns, e.device, e.seq)
           return i
         }
-        await this.c.replica.apply(cs)
+        try {
+          await this.c.replica.apply(cs)
+        } catch (err) {
+          // This device's later entries wait behind it (order matters); other devices' go on.
+          // Retried on the timer: a key or block that arrives later lets it apply.
+          this.problemOnce(e, `entry cannot be applied yet: ${(err as Error).message}`)
+          return i
+        }
         this.counters.entriesApplied++
         this.counters.lastAppliedAt = Date.now()
       }
@@ -200,6 +207,12 @@ export class SyncService {
       this.problem(e, `entry payload is not a valid change set: ${(err as Error).message}`)
       return undefined
     }
+  }
+
+  /** Report a problem that a retry may hit again: once per entry and message. */
+  private problemOnce (e: AcceptedEntry, detail: string): void {
+    if (this.problemList.some(p => p.ns === e.ns && p.device === e.device && p.seq === e.seq && p.detail === detail)) return
+    this.problem(e, detail)
   }
 
   private problem (e: AcceptedEntry, detail: string): void {
