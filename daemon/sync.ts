@@ -265,16 +265,22 @@ export class SyncNode {
     }
   }
 
+  /** Every part is stopped even if one fails (a full disk refusing the replica's last write); the first error is thrown after. */
   async stop (): Promise<void> {
+    let first: unknown
+    const step = async (fn: () => Promise<void> | void): Promise<void> => {
+      try { await fn() } catch (err) { first ??= err }
+    }
     await this.enrol?.stop().catch(() => {})
-    await this.dialer.stop()
-    await this.replica.stop()
-    await this.service.stop()
-    this.detachRepair?.()
-    await this.blocks.stop()
-    await this.logSync.stop()
-    await this.node.stop()
-    await this.logs.close()
-    await this.devices.close()
+    await step(async () => { await this.dialer.stop() })
+    await step(async () => { await this.replica.stop() })
+    await step(async () => { await this.service.stop() })
+    await step(() => { this.detachRepair?.() })
+    await step(async () => { await this.blocks.stop() })
+    await step(async () => { await this.logSync.stop() })
+    await step(async () => { await this.node.stop() })
+    await step(async () => { await this.logs.close() })
+    await step(async () => { await this.devices.close() })
+    if (first !== undefined) throw first
   }
 }

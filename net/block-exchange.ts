@@ -59,6 +59,14 @@ export interface BlockExchangeStats {
 
 /** Announced ids waiting to be prefetched, at most (beyond that the log entry fetches them). */
 const MAX_PREFETCH_QUEUE = 4096
+/**
+ * Ids one prefetch session takes, at most, and the time it may take per id: a slow or hostile
+ * announcer cannot hold the single prefetch slot (and the ids a log entry then waits for) for long.
+ */
+const PREFETCH_SESSION_IDS = 256
+const PREFETCH_MS_PER_ID = 500
+/** Announcements queued for one peer, at most: a stalled peer gets hints dropped, not a growing queue. */
+const MAX_PENDING_ANNOUNCEMENTS = 8
 
 export interface TamperedEventDetail { peer: string, id: Uint8Array }
 
@@ -81,8 +89,8 @@ export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
   private readonly prefetchQueue = new Map<string, Map<string, Uint8Array>>()
   private prefetchQueued = 0
   private prefetching = false
-  /** Announcements to one peer go out one after another. */
-  private readonly announcing = new Map<string, Promise<void>>()
+  /** Announcements to one peer go out one after another (the chain, and how many wait in it). */
+  private readonly announcing = new Map<string, { chain: Promise<void>, waiting: number }>()
   private controller: AbortController | undefined
   private starting: Promise<void> | undefined
   private stopping: Promise<void> | undefined
@@ -167,11 +175,13 @@ export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
     const self = this.node.peerId.toString()
     for (const peer of new Set(peers)) {
       if (peer === self) continue
-      const prev = this.announcing.get(peer) ?? Promise.resolve()
-      const next = prev.then(async () => { await this.sendHave(peer, ids) })
+      const q = this.announcing.get(peer) ?? { chain: Promise.resolve(), waiting: 0 }
+      if (q.waiting >= MAX_PENDING_ANNOUNCEMENTS) continue // a hint: the log entry names the blocks anyway
+      q.waiting++
+      q.chain = q.chain.then(async () => { await this.sendHave(peer, ids) })
         .catch(err => { this.log('announcing %d blocks to %s failed - %e', ids.length, peer, err) })
-        .finally(() => { if (this.announcing.get(peer) === next) this.announcing.delete(peer) })
-      this.announcing.set(peer, next)
+        .finally(() => { if (--q.waiting === 0 && this.announcing.get(peer) === q) this.announcing.delete(peer) })
+      this.announcing.set(peer, q)
     }
   }
 
@@ -230,10 +240,18 @@ export class BlockExchange extends TypedEventEmitter<BlockExchangeEvents> {
     const next = this.prefetchQueue.entries().next()
     if (next.done === true) return
     const [peer, q] = next.value
+    const ids: Uint8Array[] = []
+    for (const [h, id] of q) {
+      if (ids.length === PREFETCH_SESSION_IDS) break
+      ids.push(id)
+      q.delete(h)
+    }
+    // The rest of this peer's ids go to the back: other announcers get their turn first.
     this.prefetchQueue.delete(peer)
-    this.prefetchQueued -= q.size
+    if (q.size > 0) this.prefetchQueue.set(peer, q)
+    this.prefetchQueued -= ids.length
     this.prefetching = true
-    this._fetch([...q.values()], [peerIdFromString(peer)])
+    this._fetch(ids, [peerIdFromString(peer)], AbortSignal.timeout(30_000 + ids.length * PREFETCH_MS_PER_ID))
       .then(r => { this.counters.prefetched += r.fetched })
       .catch(err => { if (this.controller?.signal.aborted !== true) this.log('prefetch from %s failed - %e', peer, err) })
       .finally(() => { this.prefetching = false; this.kickPrefetch() })

@@ -114,7 +114,14 @@ export class SyncService {
     if (!this.started) return
     if (this.draining !== undefined) { this.again = true; return }
     this.draining = this.drain()
-      .catch(err => { this.log.error('applying remote changes failed: %e', err) })
+      .catch(err => {
+        this.log.error('applying remote changes failed (retried): %e', err)
+        clearTimeout(this.timer)
+        if (this.started) {
+          this.timer = setTimeout(() => { this.kick() }, this.retryMs)
+          this.timer.unref()
+        }
+      })
       .finally(() => {
         this.draining = undefined
         if (this.again) { this.again = false; this.kick() }
@@ -136,9 +143,9 @@ export class SyncService {
         for (let at = 0; at < entries.length;) {
           if (!this.started) return
           const run = entries.slice(at, at + this.batchEntries)
-          const done = await this.applyRun(run)
+          const { done, blocked } = await this.applyRun(run)
           at += done
-          if (done < run.length) { waiting += entries.length - at; break }
+          if (blocked) { waiting += entries.length - at; break }
         }
       }
     }
@@ -151,11 +158,12 @@ export class SyncService {
   }
 
   /**
-   * Apply a run of one device's entries in order; returns how many were applied (the rest wait).
+   * Apply a run of one device's entries in order; returns how many were applied, and whether the
+   * next one must wait (missing blocks, an error) rather than only not fitting in this run's fetch.
    * The blocks of the whole run are fetched in one block-exchange session first: a thousand small
    * files are a few pipelined requests on one stream, not a stream and a round trip per file.
    */
-  private async applyRun (entries: AcceptedEntry[]): Promise<number> {
+  private async applyRun (entries: AcceptedEntry[]): Promise<{ done: number, blocked: boolean }> {
     const sets: Array<ChangeSet | undefined> = []
     const wanted = new Set<string>()
     for (const e of entries) {
@@ -166,7 +174,7 @@ export class SyncService {
     }
     if (wanted.size > 0) {
       const peers = this.c.logSync.peers()
-      if (peers.length === 0) return 0
+      if (peers.length === 0) return { done: 0, blocked: true }
       const r = await this.c.blocks.fetch([...wanted].map(id => Buffer.from(id, 'hex')), { peers, signal: AbortSignal.timeout(Math.max(120_000, wanted.size * 1000)) })
       this.counters.blocksFetched += r.fetched
       this.counters.bytesFetched += r.bytes
@@ -176,10 +184,11 @@ export class SyncService {
       const e = entries[i] as AcceptedEntry
       const cs = sets[i]
       if (cs !== undefined) {
-        // Blocks no peer delivered (or removed meanwhile): this entry and those after it wait.
-        if (wanted.size > 0 && (await this.c.replica.missingBlocks(cs)).length > 0) {
+        // Blocks no peer delivered, or gone since the run was decoded (an earlier entry of it
+        // dropped their last reference and GC ran): this entry and those after it wait.
+        if ((await this.c.replica.missingBlocks(cs)).length > 0) {
           this.log('entry %s/%s/%d waits for blocks', e.ns, e.device, e.seq)
-          return i
+          return { done: i, blocked: true }
         }
         try {
           await this.c.replica.apply(cs)
@@ -187,14 +196,14 @@ export class SyncService {
           // This device's later entries wait behind it (order matters); other devices' go on.
           // Retried on the timer: a key or block that arrives later lets it apply.
           this.problemOnce(e, `entry cannot be applied yet: ${(err as Error).message}`)
-          return i
+          return { done: i, blocked: true }
         }
         this.counters.entriesApplied++
         this.counters.lastAppliedAt = Date.now()
       }
       await this.c.logs.markApplied(e.ns, e.device, e.seq)
     }
-    return sets.length
+    return { done: sets.length, blocked: false }
   }
 
   /** The entry's change set, or undefined (reported) if it is not one: such an entry is skipped. */

@@ -314,3 +314,26 @@ t.test('objects that wait for apply (a file open here) survive a crash of the re
   t.teardown(async () => { await third.stop() })
   t.equal(third.pending, 0, 'the stored copy was removed once applied')
 })
+
+t.test('an apply that throws keeps what was waiting: the earlier change still lands', async t => {
+  const { a, b, deliver } = await makePair(t)
+  await writeFile(a.vol, ROOT_INO, 'open.txt', Buffer.from('old content'))
+  await deliver(a, b)
+  const rfh = await b.vol.open((await b.vol.resolve('/open.txt')).ino)
+  const fh = await a.vol.open((await a.vol.resolve('/open.txt')).ino, { write: true, truncate: true })
+  await a.vol.write(fh, 0, Buffer.from('new content!'))
+  await a.vol.release(fh)
+  await deliver(a, b)
+  t.ok(b.replica.pending > 0, 'the change waits for the reader')
+  // A change set whose apply throws (a malformed block id in a new file).
+  await writeFile(a.vol, ROOT_INO, 'bad.txt', Buffer.from('x'))
+  await a.replica.flush()
+  const bad = a.outbox.splice(0)
+  for (const cs of bad) for (const o of cs.objects) if (o.k === 'i' && o.blocks !== undefined) for (const blk of o.blocks) blk.id = 'zz'
+  let threw = false
+  for (const cs of bad) await b.replica.apply(cs).catch(() => { threw = true })
+  t.ok(threw, 'the malformed change set is refused')
+  await b.vol.release(rfh)
+  await b.replica.apply({ ns: b.vol.rootNamespace, objects: [] })
+  t.same(await readAll(b.vol, '/open.txt'), Buffer.from('new content!'), 'the change that waited before the failure still applies')
+})

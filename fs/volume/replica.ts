@@ -195,7 +195,8 @@ export class Replica {
       // Closed meanwhile: its change set follows within the capture delay and names the blocks.
       if (!this.vol.isBusy(parseInt(key.slice(2, 16), 16))) continue
       const rec = await this.vol.meta.get(key)
-      if (rec !== undefined) ids.add(decodeManifest(key, rec.body).id)
+      // Only the root namespace syncs: blocks of other namespaces stay on this device.
+      if (rec !== undefined && rec.ns === this.vol.rootNamespace) ids.add(decodeManifest(key, rec.body).id)
     }
     if (ids.size > 0 && this.started) this.init.onBlocksSealed?.([...ids])
   }
@@ -361,17 +362,22 @@ export class Replica {
       const todo = [...this.deferred, ...mine(cs.objects.filter(o => o.k === 'i')), ...mine(cs.objects.filter(o => o.k === 'd' && o.dead !== true)),
         ...mine(cs.objects.filter(o => o.k === 'd' && o.dead === true))]
       this.deferred = []
-      let progress = true
-      while (progress && todo.length > 0) {
-        progress = false
-        for (let i = 0; i < todo.length;) {
-          const { ns, o } = todo[i] as Waiting
-          if (this.changedInodes.size + this.changedEntries.size > 0) await this.capture()
-          const done = o.k === 'i' ? await this.applyInode(ns, o) : (o.dead === true ? await this.applyRemoval(ns, o) : await this.applyEntry(ns, o))
-          if (done) { todo.splice(i, 1); applied++; progress = true } else i++
+      try {
+        let progress = true
+        while (progress && todo.length > 0) {
+          progress = false
+          for (let i = 0; i < todo.length;) {
+            const { ns, o } = todo[i] as Waiting
+            if (this.changedInodes.size + this.changedEntries.size > 0) await this.capture()
+            const done = o.k === 'i' ? await this.applyInode(ns, o) : (o.dead === true ? await this.applyRemoval(ns, o) : await this.applyEntry(ns, o))
+            if (done) { todo.splice(i, 1); applied++; progress = true } else i++
+          }
         }
+      } finally {
+        // Also when an object threw: what had waited keeps waiting (its stored copy stays; the
+        // change set's own objects come again, its log entry is not marked applied).
+        this.deferred = todo
       }
-      this.deferred = todo
       // Stored before the caller marks the entry applied: a crash from here on loses nothing.
       await this.waiting.save([...todo, ...[...this.incoming.values()].map(x => ({ ...x, incoming: true }))])
       this.scheduleRetry()
