@@ -1,4 +1,4 @@
-import { randomBytes, randomFillSync } from 'node:crypto'
+import { randomBytes, randomFillSync, randomInt } from 'node:crypto'
 import { GCM_IV_BYTES, KEY_BYTES, TEK_LABEL_PREFIX } from './constants.js'
 import { keyCheckValue, kcvEqual } from './custody.js'
 import {
@@ -50,6 +50,9 @@ const HANDLE_GONE = new Set(['CKR_KEY_HANDLE_INVALID', 'CKR_OBJECT_HANDLE_INVALI
  *
  * The token is injected and stays the caller's: close() does not close it.
  */
+/** A new NEK version is the last one plus 1 to this many (see addNekVersion). */
+const NEK_VERSION_SPREAD = 1 << 20
+
 export class KeyHierarchy implements KeyService {
   private readonly token: Token
   private readonly store: KeyRecordStore
@@ -149,7 +152,9 @@ export class KeyHierarchy implements KeyService {
       const versions = await this.versionsOf(namespace)
       const last = versions[versions.length - 1]
       if (last === undefined) throw new NamespaceKeyNotFoundError(`${NEK_PREFIX}${namespace}`)
-      const next = checkVersion(last + 1)
+      // Not last + 1: two devices of a team that rotate before they hear of each other must not
+      // draw one number for two keys (each adopts the other's version; the higher is current).
+      const next = checkVersion(last + 1 + randomInt(0, NEK_VERSION_SPREAD))
       await this.createNek(namespace, next)
       this.current.set(namespace, next)
       return next
@@ -167,6 +172,43 @@ export class KeyHierarchy implements KeyService {
       if (version === versions[versions.length - 1]) throw new KeyInUseError(`${nekKey(namespace, version)} (the current version)`)
       await this.store.del(nekKey(namespace, version))
       this.cache.delete(namespace, version)
+    })
+  }
+
+  async exportNek (namespace: string, version: number): Promise<Uint8Array> {
+    checkNamespace(namespace)
+    checkVersion(version)
+    await this.ready()
+    const bytes = await this.store.get(nekKey(namespace, version))
+    if (bytes === undefined) throw new NamespaceKeyNotFoundError(nekKey(namespace, version))
+    return bytes
+  }
+
+  async importNek (namespace: string, version: number, bytes: Uint8Array): Promise<boolean> {
+    checkNamespace(namespace)
+    checkVersion(version)
+    await this.ready()
+    const keyRef = nekKey(namespace, version)
+    const record = decodeNekRecord(keyRef, bytes)
+    return await this.exclusive(async () => {
+      this.usable()
+      const have = await this.store.get(keyRef)
+      if (have !== undefined) {
+        if (kcvEqual(decodeNekRecord(keyRef, have).kcv, record.kcv)) return false
+        throw new KeyCustodyError(keyRef, 'another device holds a different key under this version (two rotations drew one number)')
+      }
+      const key = await this.unwrap(keyRef, namespace, version, record)
+      try {
+        this.hook?.('unwrapped', keyRef, key)
+        if (!kcvEqual(keyCheckValue(key), record.kcv)) throw new KeyCustodyError(keyRef, 'a key from another device does not match its check value')
+        // Wrapped again under this device's current TEK, and checked again, before it is stored.
+        await this.store.put(keyRef, await this.wrapNek(namespace, version, key, record.kcv, keyRef, this.currentTek()))
+      } finally {
+        key.fill(0)
+      }
+      const current = this.current.get(namespace)
+      if (current !== undefined && version > current) this.current.set(namespace, version)
+      return true
     })
   }
 

@@ -54,6 +54,15 @@ export interface KeyService {
   addNekVersion (namespace: string): Promise<number>
   /** Destroy a NEK version once nothing references it (its record is deleted, its cache entry zeroed). */
   retireNekVersion (namespace: string, version: number): Promise<void>
+  /** The stored record of a NEK version (wrapped under a TEK; no plaintext), for another device of the team. */
+  exportNek (namespace: string, version: number): Promise<Uint8Array>
+  /**
+   * Adopt a NEK version another device of the team made (its rotation): unwrapped in this token
+   * (its TEK version must be here), checked against its KCV, wrapped under this device's current
+   * TEK, checked and stored; it becomes current if it is the highest. False if this version is
+   * here already; KeyCustodyError if it is here with another key, or fails a check.
+   */
+  importNek (namespace: string, version: number, bytes: Uint8Array): Promise<boolean>
   /** NEK versions that exist for a namespace, ascending. */
   nekVersions (namespace: string): Promise<number[]>
   /** Rotate the TEK: new TEK object, every NEK re-wrapped under it (resumable), old TEK destroyed. */

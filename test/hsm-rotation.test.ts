@@ -46,8 +46,8 @@ async function populate (kh: KeyHierarchy, n: number): Promise<Map<string, Uint8
   const keys = new Map<string, Uint8Array>()
   for (let i = 0; i < n; i++) {
     await kh.createNamespace(`ns-${i}`)
-    await kh.addNekVersion(`ns-${i}`)
-    for (const v of [1, 2]) keys.set(`ns-${i}/${v}`, (await kh.nek(`ns-${i}`, v)).key.slice())
+    const next = await kh.addNekVersion(`ns-${i}`)
+    for (const v of [1, next]) keys.set(`ns-${i}/${v}`, (await kh.nek(`ns-${i}`, v)).key.slice())
   }
   kh.clearCache()
   return keys
@@ -174,7 +174,7 @@ t.test('a custody fault during a rotation stops it without storing the bad recor
   }
   const { kh } = await open(t, tok, store, { custodyFaultHook: hook })
   const plain = await populate(kh, 3)
-  const victim = 'nek/ns-1/0000000002'
+  const victim = `nek/ns-1/${String((await kh.nekVersions('ns-1'))[1]).padStart(10, '0')}`
   const before = await store.get(victim)
   flip = victim
   await t.rejects(kh.rotateTek(), { name: 'KeyCustodyError', keyRef: victim })

@@ -192,7 +192,8 @@ t.test('namespaces: createNamespace, files inside, NEK rotation with progress wh
   await Promise.all([rotation, work])
   t.equal(mismatches, 0, 'reads during the rotation return the right bytes')
 
-  t.equal(await v.keys.currentNekVersion(ns), v0 + 1, 'the namespace has a new current NEK version')
+  const v1 = await v.keys.currentNekVersion(ns)
+  t.ok(v1 > v0, 'the namespace has a new current NEK version')
   t.equal(await v.keys.currentNekVersion(root.namespace), rootV0, 'another namespace is not rotated')
   t.ok(progress.length > 0, 'progress is reported')
   const last = progress[progress.length - 1]
@@ -201,7 +202,7 @@ t.test('namespaces: createNamespace, files inside, NEK rotation with progress wh
   let monotonic = true
   for (let i = 1; i < progress.length; i++) if (progress[i]!.done < progress[i - 1]!.done) monotonic = false
   t.ok(monotonic, 'done never goes back')
-  t.same(await v.keys.nekVersions(ns), [v0 + 1], 'the old NEK version is retired once nothing references it')
+  t.same(await v.keys.nekVersions(ns), [v1], 'the old NEK version is retired once nothing references it')
 
   for (const [ino, data] of models) {
     t.equal(sha256(await readWhole(v, ino)), sha256(data), `content of ${ino} after rotation`)
@@ -222,7 +223,7 @@ t.test('namespaces: createNamespace, files inside, NEK rotation with progress wh
 
   // a second rotation, with nothing else going on
   await rotateNek(tv.vol, ns)
-  t.equal(await tv.vol.keys.currentNekVersion(ns), v0 + 2)
+  t.ok(await tv.vol.keys.currentNekVersion(ns) > v1, 'a second rotation makes a newer version current')
   for (const [ino, data] of models) {
     if (!(await readWhole(tv.vol, ino)).equals(data)) t.fail(`content of ${ino} after the second rotation`)
   }

@@ -13,6 +13,7 @@ import { makeVolume, type TestVolume } from './helpers/volume.js'
 import { initStrata, teamBundle, type Strata } from '../daemon/strata.js'
 import { Replica, ROOT_INO, type ChangeSet, type StrataVolume } from '../fs/volume/index.js'
 import { encodeChangeSet, decodeChangeSet } from '../fs/volume/sync-objects.js'
+import { rotateNek } from '../fs/volume/rotation.js'
 
 const A_ID = 'deviceAxxxxxxxxxxxxxxxxxxxx'
 const B_ID = 'deviceBxxxxxxxxxxxxxxxxxxxx'
@@ -336,4 +337,30 @@ t.test('an apply that throws keeps what was waiting: the earlier change still la
   await b.vol.release(rfh)
   await b.replica.apply({ ns: b.vol.rootNamespace, objects: [] })
   t.same(await readAll(b.vol, '/open.txt'), Buffer.from('new content!'), 'the change that waited before the failure still applies')
+})
+
+t.test('a NEK rotation on one device reaches the other with its change sets; rotations on both at once converge', async t => {
+  const { a, b, deliver, settle } = await makePair(t)
+  const ns = a.vol.rootNamespace
+  await writeFile(a.vol, ROOT_INO, 'before.bin', randomBytes(3 * BS))
+  await settle()
+  await rotateNek(a.vol, ns)
+  const va = await a.vol.keys.currentNekVersion(ns)
+  t.notOk((await b.vol.keys.nekVersions(ns)).includes(va), 'B does not have A\'s new version yet')
+  const after = randomBytes(2 * BS + 5)
+  await writeFile(a.vol, ROOT_INO, 'after-a.bin', after)
+  await deliver(a, b)
+  t.same(await readAll(b.vol, '/after-a.bin'), after, 'B reads a file whose block keys A wrapped under its new NEK')
+  t.equal(await b.vol.keys.currentNekVersion(ns), va, 'and A\'s version is current on B')
+  t.same(await b.vol.keys.verifyKeys(), [], 'the adopted key record verifies in B\'s token')
+
+  // Both rotate before hearing of each other, and write.
+  await rotateNek(a.vol, ns)
+  await rotateNek(b.vol, ns)
+  await writeFile(a.vol, ROOT_INO, 'two-a.bin', randomBytes(BS + 1))
+  await writeFile(b.vol, ROOT_INO, 'two-b.bin', randomBytes(BS + 2))
+  await settle()
+  t.same(await tree(b.vol), await tree(a.vol), 'both hold the same files, every one readable')
+  t.equal(await a.vol.keys.currentNekVersion(ns), await b.vol.keys.currentNekVersion(ns), 'the same NEK version is current on both')
+  t.equal(a.replica.pending + b.replica.pending, 0, 'nothing left waiting')
 })

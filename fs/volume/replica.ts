@@ -32,7 +32,7 @@ import type { BatchOp } from './meta-store.js'
 import { PendingObjects, type Waiting } from './replica-pending.js'
 import {
   bumpVv, compareVv, mergeVv, stateHash, vvLeq, vvText, type VvOrder,
-  type ChangeSet, type DirentObject, type InodeObject, type SyncObject, type VersionVector
+  type ChangeSet, type DirentObject, type InodeObject, type NekCarried, type SyncObject, type VersionVector
 } from './sync-objects.js'
 
 export type { ChangeSet, SyncObject, InodeObject, DirentObject, VersionVector } from './sync-objects.js'
@@ -221,11 +221,24 @@ export class Replica {
   }
 
   private async capture (): Promise<void> {
+    const inodes = this.changedInodes
+    const entries = this.changedEntries
+    this.changedInodes = new Set()
+    this.changedEntries = new Set()
+    try {
+      await this.captureThese(inodes, entries)
+    } catch (err) {
+      // Nothing of it is lost: what failed (a full disk, a key rotated away meanwhile) is
+      // exported again on the next flush, from the volume's state then.
+      for (const ino of inodes) this.changedInodes.add(ino)
+      for (const e of entries) this.changedEntries.add(e)
+      this.schedule(1000)
+      throw err
+    }
+  }
+
+  private async captureThese (inodes: Set<number>, entries: Set<string>): Promise<void> {
     {
-      const inodes = this.changedInodes
-      const entries = this.changedEntries
-      this.changedInodes = new Set()
-      this.changedEntries = new Set()
       const byNs = new Map<string, { objects: SyncObject[], ops: BatchOp[] }>()
       const add = async (ns: string, o: SyncObject, key: string, state: InodeState | DirentState): Promise<void> => {
         let g = byNs.get(ns)
@@ -283,7 +296,7 @@ export class Replica {
       // loses its last name on the receiving side.
       for (const [ns, o, key, st] of dead) await add(ns, o, key, st)
       for (const [ns, g] of byNs) {
-        await this.init.onChanges({ ns, objects: g.objects })
+        await this.init.onChanges({ ns, objects: g.objects, keys: await this.keysFor(ns, g.objects) })
         await this.vol.meta.write(g.ops)
       }
       for (const [ns, fid, ekey] of names) await this.addName(ns, fid, ekey)
@@ -291,6 +304,15 @@ export class Replica {
       // sealed already), so no batch would tell us when they are free.
       this.schedule(Math.max(250, this.init.flushDelayMs ?? 30))
     }
+  }
+
+  /** The wrapped NEK records of the versions these objects' block keys name (a rotation here reaches the peers with them). */
+  private async keysFor (ns: string, objects: SyncObject[]): Promise<NekCarried[]> {
+    const versions = new Set<number>()
+    for (const o of objects) if (o.k === 'i') for (const b of o.blocks ?? []) versions.add(b.v)
+    const out: NekCarried[] = []
+    for (const v of versions) out.push({ v, rec: Buffer.from(await this.vol.keys.exportNek(ns, v)).toString('base64') })
+    return out
   }
 
   private async exportInode (ino: number): Promise<InodeObject> {
@@ -358,6 +380,8 @@ export class Replica {
       // look newer than them and overwrite them.
       await this.capture()
       await this.loadWaiting()
+      // Key versions first: the blocks of this set may be wrapped under a NEK rotated in on its sender.
+      for (const k of cs.keys ?? []) await this.vol.keys.importNek(cs.ns, k.v, Buffer.from(k.rec, 'base64'))
       const mine = (os: SyncObject[]): Waiting[] => os.map(o => ({ ns: cs.ns, o }))
       const todo = [...this.deferred, ...mine(cs.objects.filter(o => o.k === 'i')), ...mine(cs.objects.filter(o => o.k === 'd' && o.dead !== true)),
         ...mine(cs.objects.filter(o => o.k === 'd' && o.dead === true))]

@@ -57,7 +57,17 @@ export type SyncObject = InodeObject | DirentObject
 export interface ChangeSet {
   ns: string
   objects: SyncObject[]
+  /**
+   * The wrapped NEK record (base64) of every NEK version the set's block keys name: a device that
+   * lacks one (the sender rotated) adopts it through its token (KeyService.importNek).
+   */
+  keys?: NekCarried[]
 }
+
+export interface NekCarried { v: number, rec: string }
+
+const MAX_KEYS = 64
+const MAX_KEY_RECORD = 1024
 
 export class ChangeSetError extends Error {
   override readonly name = 'ChangeSetError'
@@ -123,7 +133,16 @@ export function decodeChangeSet (bytes: Uint8Array): ChangeSet {
   const ns = cs.ns
   if (typeof ns !== 'string' || !/^[0-9a-f]{16}$/.test(ns)) throw new ChangeSetError('change set names no valid namespace')
   if (!Array.isArray(cs.objects) || cs.objects.length > MAX_OBJECTS) throw new ChangeSetError('change set objects are missing or too many')
-  return { ns, objects: cs.objects.map((x, i) => decodeObject(x, i)) }
+  const out: ChangeSet = { ns, objects: cs.objects.map((x, i) => decodeObject(x, i)) }
+  if (cs.keys !== undefined) {
+    if (!Array.isArray(cs.keys) || cs.keys.length > MAX_KEYS) throw new ChangeSetError('change set keys are malformed or too many')
+    out.keys = cs.keys.map((x, i) => {
+      const k = obj(x, `key ${i}`)
+      if (typeof k.v !== 'number' || !Number.isSafeInteger(k.v) || k.v < 1) throw new ChangeSetError(`key ${i}: version is not a positive integer`)
+      return { v: k.v, rec: b64(k.rec, i, 'rec', MAX_KEY_RECORD) }
+    })
+  }
+  return out
 }
 
 function decodeObject (x: unknown, i: number): SyncObject {
