@@ -12,7 +12,7 @@ import { mountAt, isStale, fusermountU } from './mounts.js'
 import { createLogger, type Logger } from './logger.js'
 import { FuseAdapter } from '../fs/fuse/adapter.js'
 import { loadFuseNative } from '../fs/fuse/native/fuse-native.js'
-import { fsck, rotateNek } from '../fs/volume/index.js'
+import { fsck, pendingRotations, rotateNek } from '../fs/volume/index.js'
 import { SyncNode } from './sync.js'
 import { syncHandlers } from './sync-control.js'
 
@@ -243,6 +243,7 @@ export class Daemon {
           team: await st.keys.teamState(),
           blockSize: st.vol.blockSize,
           namespaces: await st.keys.namespaces(),
+          keys: await keyStatus(st),
           blocks: blocks.blocks,
           storedBytes: blocks.bytes,
           diskBytes: blocks.diskBytes,
@@ -280,4 +281,12 @@ export class Daemon {
       fsck: async (args) => await fsck(s().vol, { repair: args.repair === true, verifyData: args.quick !== true })
     }
   }
+}
+
+/** Per namespace: its NEK versions and whether a rotation is under way (for `strata status`). */
+async function keyStatus (st: Strata): Promise<Array<{ ns: string, nekVersions: number[], rotating: boolean }>> {
+  const rotating = await pendingRotations(st.vol)
+  const out = []
+  for (const ns of await st.keys.namespaces()) out.push({ ns, nekVersions: await st.keys.nekVersions(ns), rotating: rotating.includes(ns) })
+  return out
 }

@@ -3,5 +3,5 @@ export type { VolumeComponents, VolumeInit, ReplicaSeed, SyncBlock } from './str
 export { Replica } from './replica.js'
 export type { ChangeSet, SyncObject, InodeObject, DirentObject, VersionVector, ReplicaInit } from './replica.js'
 export { fsck } from './fsck.js'
-export { rotateNek, resumeRotations } from './rotation.js'
+export { rotateNek, resumeRotations, pendingRotations } from './rotation.js'
 export * from './types.js'

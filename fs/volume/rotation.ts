@@ -105,10 +105,16 @@ export async function rotateNek (vol: StrataVolume, ns: string, options: RotateN
   options.onProgress?.({ done: total, total })
 }
 
-/** Finish every rotation a crash interrupted. */
-export async function resumeRotations (vol: StrataVolume, options: RotateNekOptions = {}): Promise<string[]> {
+/** Namespaces whose NEK rotation has begun and not finished (running, or interrupted by a crash). */
+export async function pendingRotations (vol: StrataVolume): Promise<string[]> {
   const pending: string[] = []
   for await (const key of vol.meta.meta.keys({ gte: 'r/', lt: 'r/\xff' })) pending.push(key.slice(2))
+  return pending
+}
+
+/** Finish every rotation a crash interrupted. */
+export async function resumeRotations (vol: StrataVolume, options: RotateNekOptions = {}): Promise<string[]> {
+  const pending = await pendingRotations(vol)
   for (const ns of pending) await rotateNek(vol, ns, options)
   return pending
 }
