@@ -3,10 +3,11 @@
  * unmounted volume; then readers get EIO and a log line naming the file, never wrong bytes, every
  * other file reads back intact, and `strata fsck` reports exactly what was flipped. With a healthy
  * peer online a damaged block is fetched again and repaired. A bit flipped in a key between
- * custody steps is caught before anything is stored.
+ * custody steps is caught before anything is stored. The randomised scenarios set their volumes
+ * up once and flip back what each iteration damaged, so every iteration starts from intact data.
  */
 import { createCipheriv, createHash } from 'node:crypto'
-import { openSync, writeSync, fsyncSync, closeSync, mkdirSync, readFileSync, readdirSync } from 'node:fs'
+import { openSync, readSync, writeSync, fsyncSync, closeSync, mkdirSync, readFileSync, readdirSync, statSync } from 'node:fs'
 import { constants as osConstants } from 'node:os'
 import { readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -50,7 +51,8 @@ function records (dataDir: string): Rec[] {
  * Where a scenario runs: a real daemon and mount (EIO at the mount, the daemon's log line, the
  * CLI's fsck), or — in most iterations of the full run, to keep 50 of them cheap — the same
  * volume as a library in-process (real token, real LevelDB and segments; the typed error must be
- * one the FUSE layer maps to EIO). Either way each iteration has fresh dirs and token.
+ * one the FUSE layer maps to EIO). A target is made once per scenario and kind, then stopped and
+ * started by every iteration that uses it; the methods check and log into that iteration's ctx.
  */
 interface Target {
   dataDir: string
@@ -58,10 +60,11 @@ interface Target {
   stop: () => Promise<void>
   start: () => Promise<void>
   /** The file's hash, or the errno its read failed with. */
-  read: (rel: string) => Promise<{ sha?: string, errno?: string }>
-  /** After the reads: the log names every damaged file (mount only). */
-  logged: (damaged: Set<string>) => void
-  fsck: (expectClean: boolean) => Promise<Problem[]>
+  read: (ctx: FaultContext, rel: string) => Promise<{ sha?: string, errno?: string }>
+  /** After the reads: the log since the last start names every damaged file (mount only). */
+  logged: (ctx: FaultContext, damaged: Set<string>) => void
+  /** fsck of the stopped volume; it is stopped again afterwards. */
+  fsck: (ctx: FaultContext, expectClean: boolean) => Promise<Problem[]>
 }
 
 /**
@@ -72,6 +75,9 @@ const useMount = (ctx: FaultContext, inQuick: boolean): boolean => ctx.quick ? i
 
 async function mountTarget (ctx: FaultContext): Promise<Target> {
   const d = await makeDrive(ctx)
+  const logFile = join(d.dataDir, 'strata.log')
+  // The drive's log spans every iteration: each checks only what its own mount logged.
+  let logFrom = 0
   return {
     dataDir: d.dataDir,
     write: async (dir, file, bytes) => {
@@ -81,15 +87,18 @@ async function mountTarget (ctx: FaultContext): Promise<Target> {
       return { ino: (await stat(join(d.mnt, dir, file))).ino, dirIno: (await stat(join(d.mnt, dir))).ino }
     },
     stop: async () => { await d.unmount() },
-    start: async () => { await d.mount() },
-    read: async rel => {
+    start: async () => {
+      logFrom = statSync(logFile).size
+      await d.mount()
+    },
+    read: async (_ctx, rel) => {
       try { return { sha: sha(await readFile(join(d.mnt, rel))) } } catch (err) { return { errno: (err as NodeJS.ErrnoException).code } }
     },
-    logged: damaged => {
-      const log = readFileSync(join(d.dataDir, 'strata.log'), 'utf8')
+    logged: (ctx, damaged) => {
+      const log = readFileSync(logFile).subarray(logFrom).toString('utf8')
       for (const p of damaged) ctx.check(log.includes(`${p} failed (EIO)`), `the daemon log has no line naming ${p}`)
     },
-    fsck: async expectClean => await fsckCli(ctx, d.dataDir, expectClean)
+    fsck: async (ctx, expectClean) => await fsckCli(ctx, d.dataDir, expectClean)
   }
 }
 
@@ -105,7 +114,7 @@ async function libraryTarget (ctx: FaultContext): Promise<Target> {
     },
     stop: async () => { await tv.close() },
     start: async () => { await tv.reopen() },
-    read: async rel => {
+    read: async (ctx, rel) => {
       try {
         const attr = await tv.vol.resolve(rel)
         const fh = await tv.vol.open(attr.ino)
@@ -117,8 +126,9 @@ async function libraryTarget (ctx: FaultContext): Promise<Target> {
       }
     },
     logged: () => {},
-    fsck: async expectClean => {
-      const report = await fsckVolume(await tv.reopen()) // fsck runs on a stopped volume: open it
+    fsck: async (ctx, expectClean) => {
+      // fsck runs on a stopped volume: open it, and close it again for the next corruption.
+      const report = await fsckVolume(await tv.reopen()).finally(async () => { await tv.close() })
       const problems = report.problems.filter(p => p.kind !== 'orphan-block')
       for (const p of problems) ctx.log(`  fsck: ${p.kind} ${p.path} ${p.detail}`)
       ctx.check(report.ok === expectClean, `fsck ${report.ok ? 'clean' : 'found problems'}, expected ${expectClean ? 'clean' : 'problems'}`)
@@ -152,7 +162,7 @@ const hex14 = (n: number): string => n.toString(16).padStart(14, '0')
 /** Read every file: the damaged ones must fail with EIO, the rest be intact. */
 async function checkReads (ctx: FaultContext, t: Target, files: Written[], damaged: Set<string>): Promise<void> {
   for (const f of files) {
-    const { sha: got, errno } = await t.read(f.path)
+    const { sha: got, errno } = await t.read(ctx, f.path)
     if (damaged.has(f.path)) {
       ctx.check(got === undefined, `${f.path} was damaged but read back ${got === f.sha ? 'its old bytes' : 'WRONG BYTES'}`)
       ctx.check(errno === 'EIO', `${f.path}: ${errno ?? 'no error'} instead of EIO`)
@@ -160,7 +170,7 @@ async function checkReads (ctx: FaultContext, t: Target, files: Written[], damag
       ctx.check(got === f.sha, `${f.path} (not damaged) ${got === undefined ? `failed: ${errno ?? '?'}` : 'read back wrong bytes'}`)
     }
   }
-  t.logged(damaged)
+  t.logged(ctx, damaged)
 }
 
 interface Problem { kind: string, path: string, detail: string }
@@ -186,40 +196,87 @@ function flipBit (rng: Rng, buf: Buffer, from: number, to: number): string {
   return `byte ${at} bit ${bit}`
 }
 
-/** Open the stopped volume's LevelDB and rewrite one value of `sub` with a bit flipped. */
-async function flipRecord (ctx: FaultContext, dataDir: string, sub: string, key: string): Promise<void> {
+/** One bit of a file, picked at random in [from, to): `toggle` flips it, and flips it back. */
+interface FileBit { file: string, at: number, bit: number }
+
+function pickBit (rng: Rng, file: string, from: number, to: number): FileBit {
+  return { file, at: rng.int(from, to - 1), bit: rng.int(0, 7) }
+}
+
+/** Flip the bit in place, durably (fsync). */
+function toggle (b: FileBit): string {
+  const fd = openSync(b.file, 'r+')
+  try {
+    const byte = Buffer.alloc(1)
+    readSync(fd, byte, 0, 1, b.at)
+    byte[0] = (byte[0] as number) ^ (1 << b.bit)
+    writeSync(fd, byte, 0, 1, b.at)
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
+  }
+  return `byte ${b.at} bit ${b.bit}`
+}
+
+const sublevelOf = (db: ClassicLevel<string, Uint8Array>, sub: string) => db.sublevel<string, Uint8Array>(sub, { keyEncoding: 'utf8', valueEncoding: 'view' })
+
+/** Run `fn` on one sublevel of the stopped volume's LevelDB. */
+async function inDb<T> (dataDir: string, sub: string, fn: (s: ReturnType<typeof sublevelOf>) => Promise<T>): Promise<T> {
   const db = new ClassicLevel<string, Uint8Array>(join(dataDir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'view' })
   await db.open()
   try {
-    const s = db.sublevel<string, Uint8Array>(sub, { keyEncoding: 'utf8', valueEncoding: 'view' })
+    return await fn(sublevelOf(db, sub))
+  } finally {
+    await db.close()
+  }
+}
+
+/** Rewrite one value of `sub` with a bit flipped; returns what puts the original value back. */
+async function flipRecord (ctx: FaultContext, dataDir: string, sub: string, key: string): Promise<() => Promise<void>> {
+  const original = await inDb(dataDir, sub, async s => {
     const v = await s.get(key)
     if (v === undefined) ctx.fail(`no record ${sub}/${key} to corrupt`)
     const buf = Buffer.from(v)
     ctx.log(`flip ${sub} ${key}: ${flipBit(ctx.rng, buf, 0, buf.length)} of ${buf.length}`)
     await s.put(key, buf)
-  } finally {
-    await db.close()
-  }
+    return v
+  })
+  return async () => { await inDb(dataDir, sub, async s => { await s.put(key, original) }) }
 }
 
 async function recordKeys (dataDir: string, sub: string, prefix: string): Promise<string[]> {
-  const db = new ClassicLevel<string, Uint8Array>(join(dataDir, 'db'), { keyEncoding: 'utf8', valueEncoding: 'view' })
-  await db.open()
-  try {
-    const s = db.sublevel<string, Uint8Array>(sub, { keyEncoding: 'utf8', valueEncoding: 'view' })
-    return await s.keys({ gte: prefix, lt: prefix + '\xff' }).all()
-  } finally {
-    await db.close()
+  return await inDb(dataDir, sub, async s => await s.keys({ gte: prefix, lt: prefix + '\xff' }).all())
+}
+
+/** A volume with files written, at rest (the corruption is done to it stopped). */
+interface Prepared { t: Target, files: Written[], mount: boolean }
+
+/**
+ * A scenario's volumes, each made on first use with the set-up context (so it lives until the
+ * last iteration): the mount, the library volume, or both, as `useMount` picks per iteration.
+ */
+type Volumes = (mount: boolean) => Promise<Prepared>
+
+function volumes (setup: FaultContext): Volumes {
+  const made = new Map<boolean, Promise<Prepared>>()
+  const make = async (mount: boolean): Promise<Prepared> => {
+    const t = mount ? await mountTarget(setup) : await libraryTarget(setup)
+    const files = await writeFiles(setup, t, 4)
+    await t.stop()
+    return { t, files, mount }
+  }
+  return async mount => {
+    const p = made.get(mount) ?? make(mount)
+    made.set(mount, p)
+    return await p
   }
 }
 
-/** A volume with files written, then stopped (the corruption is done to it at rest). */
-async function prepared (ctx: FaultContext, mount: boolean): Promise<{ t: Target, files: Written[] }> {
-  const t = mount ? await mountTarget(ctx) : await libraryTarget(ctx)
+/** This iteration's volume (see useMount), intact: the previous iteration restored what it flipped. */
+async function volumeFor (ctx: FaultContext, vols: Volumes, inQuick: boolean): Promise<Prepared> {
+  const mount = useMount(ctx, inQuick)
   ctx.log(mount ? 'through a real mount' : 'through the volume library')
-  const files = await writeFiles(ctx, t, 4)
-  await t.stop()
-  return { t, files }
+  return await vols(mount)
 }
 
 /** Problems fsck should report only about `victims`: by path, inode key or block id. */
@@ -234,30 +291,26 @@ function checkProblemsName (ctx: FaultContext, problems: Problem[], files: Writt
   for (const v of victims) ctx.check(problems.some(p => mentions(p, v)), `fsck does not report ${v.path}`)
 }
 
-const corruptBlockBits: Scenario = {
+const corruptBlockBits: Scenario<Volumes> = {
   name: 'corrupt-block-bits',
   injects: 'random bit flips in stored block bytes: EIO and a log line for the files hit, others intact, fsck names exactly the flipped blocks by path',
   randomised: true,
-  run: async ctx => {
-    const { t, files } = await prepared(ctx, useMount(ctx, true))
+  prepare: async ctx => volumes(ctx),
+  run: async (ctx, vols) => {
+    const { t, files } = await volumeFor(ctx, vols, true)
     const all = files.flatMap(f => f.blocks)
     const hit = new Set<Rec>()
     for (let n = ctx.rng.int(1, 3); n > 0; n--) hit.add(ctx.rng.pick(all))
-    const bySeg = new Map<string, Buffer>()
-    for (const r of hit) {
-      const buf = bySeg.get(r.seg) ?? readFileSync(join(t.dataDir, 'blocks', r.seg))
-      bySeg.set(r.seg, buf)
-      ctx.log(`flip block ${r.id.slice(0, 12)}: ${flipBit(ctx.rng, buf, r.at, r.at + r.len)}`)
-    }
-    for (const [seg, buf] of bySeg) {
-      const fd = openSync(join(t.dataDir, 'blocks', seg), 'r+')
-      try { writeSync(fd, buf, 0, buf.length, 0); fsyncSync(fd) } finally { closeSync(fd) }
-    }
+    const flipped = [...hit].map(r => {
+      const b = pickBit(ctx.rng, join(t.dataDir, 'blocks', r.seg), r.at, r.at + r.len)
+      ctx.log(`flip block ${r.id.slice(0, 12)}: ${toggle(b)}`)
+      return b
+    })
     const victims = files.filter(f => f.blocks.some(b => hit.has(b)))
     await t.start()
     await checkReads(ctx, t, files, new Set(victims.map(v => v.path)))
     await t.stop()
-    const problems = await t.fsck(false)
+    const problems = await t.fsck(ctx, false)
     const reported = new Set(problems.map(p => /block ([0-9a-f]{64})/.exec(p.detail)?.[1]))
     ctx.check(problems.every(p => p.kind === 'block-corrupt'), 'fsck reports other kinds of problems than block-corrupt')
     ctx.check(reported.size === hit.size && [...hit].every(r => reported.has(r.id)), `fsck reports blocks ${[...reported].join(',')} but ${[...hit].map(r => r.id).join(',')} were flipped`)
@@ -265,6 +318,7 @@ const corruptBlockBits: Scenario = {
       const id = /block ([0-9a-f]{64})/.exec(p.detail)?.[1]
       ctx.check(files.find(f => f.blocks.some(b => b.id === id))?.path === p.path, `fsck names ${p.path} for block ${id ?? '?'}, which is not that file's`)
     }
+    for (const b of flipped) toggle(b) // intact again for the next iteration
   }
 }
 
@@ -278,9 +332,9 @@ function recordsOf (f: Written, ns: string, idx: number): Record<string, { sub: 
   }
 }
 
-/** Flip a bit in a record of one random file (of kind `kinds`), then check reads and fsck. */
-async function corruptOneFile (ctx: FaultContext, kinds: string[]): Promise<void> {
-  const { t, files } = await prepared(ctx, useMount(ctx, false))
+/** Flip a bit in a record of one random file (of kind `kinds`), check reads and fsck, restore it. */
+async function corruptOneFile (ctx: FaultContext, vols: Volumes, kinds: string[]): Promise<void> {
+  const { t, files } = await volumeFor(ctx, vols, false)
   const victim = ctx.rng.pick(files)
   const kind = ctx.rng.pick(kinds)
   const ns = (await recordKeys(t.dataDir, 'meta', 'n/'))[0]?.slice(2) ?? ctx.fail('no namespace record')
@@ -293,23 +347,29 @@ async function corruptOneFile (ctx: FaultContext, kinds: string[]): Promise<void
     rec = recordsOf(victim, ns, ctx.rng.int(0, victim.blocks.length - 1))[kind] ?? ctx.fail(`unknown kind ${kind}`)
   }
   ctx.log(`corrupt the ${kind} record of ${victim.path}`)
-  await flipRecord(ctx, t.dataDir, rec.sub, rec.key)
+  const restore = await flipRecord(ctx, t.dataDir, rec.sub, rec.key)
   await t.start()
   await checkReads(ctx, t, files, new Set([victim.path]))
   await t.stop()
-  checkProblemsName(ctx, await t.fsck(false), files, [victim])
+  checkProblemsName(ctx, await t.fsck(ctx, false), files, [victim])
+  await restore()
 }
 
 /**
  * The namespace's own keys (the wrapped NEK in the token's key records, the wrapped NMK): every
  * file depends on them, so the volume must refuse to open with a named error, and fsck too.
  */
-async function corruptNamespaceKey (ctx: FaultContext): Promise<void> {
-  const mount = useMount(ctx, false)
-  const { t, files } = await prepared(ctx, mount)
+async function corruptNamespaceKey (ctx: FaultContext, vols: Volumes): Promise<void> {
+  const { t, files, mount } = await volumeFor(ctx, vols, false)
   const nek = ctx.rng.next() < 0.5
   const key = (await recordKeys(t.dataDir, nek ? 'keys' : 'meta', nek ? 'nek/' : 'n/'))[0] ?? ctx.fail('no namespace key record')
-  await flipRecord(ctx, t.dataDir, nek ? 'keys' : 'meta', key)
+  const restore = await flipRecord(ctx, t.dataDir, nek ? 'keys' : 'meta', key)
+  await checkKeyRefused(ctx, t, files, mount, key)
+  await restore()
+}
+
+/** The volume with a damaged namespace key refuses to open naming it, or opens and reads nothing; fsck names it. */
+async function checkKeyRefused (ctx: FaultContext, t: Target, files: Written[], mount: boolean, key: string): Promise<void> {
   const refused = await t.start().then(() => undefined, (err: Error) => err)
   ctx.log(`start: ${refused === undefined ? 'opened' : `${refused.name}: ${refused.message.trim()}`}`)
   if (refused === undefined) {
@@ -326,21 +386,23 @@ async function corruptNamespaceKey (ctx: FaultContext): Promise<void> {
   ctx.check((f.stdout + f.stderr).includes(key), `fsck does not name ${key}: ${(f.stdout + f.stderr).trim()}`)
 }
 
-const corruptWrappedKeys: Scenario = {
+const corruptWrappedKeys: Scenario<Volumes> = {
   name: 'corrupt-wrapped-keys',
   injects: 'a bit flip in a wrapped block key (or, one time in five, the namespace key): named error, EIO on the files using it, fsck names them, nothing else affected',
   randomised: true,
-  run: async ctx => {
-    if (ctx.rng.next() < 0.2) await corruptNamespaceKey(ctx)
-    else await corruptOneFile(ctx, ['bek'])
+  prepare: async ctx => volumes(ctx),
+  run: async (ctx, vols) => {
+    if (ctx.rng.next() < 0.2) await corruptNamespaceKey(ctx, vols)
+    else await corruptOneFile(ctx, vols, ['bek'])
   }
 }
 
-const corruptMetadataRecords: Scenario = {
+const corruptMetadataRecords: Scenario<Volumes> = {
   name: 'corrupt-metadata-records',
   injects: 'a bit flip in an inode, directory-entry or manifest record: EIO on that file only, never wrong bytes, fsck reports it by path (or inode)',
   randomised: true,
-  run: async ctx => { await corruptOneFile(ctx, ['inode', 'dirent', 'manifest']) }
+  prepare: async ctx => volumes(ctx),
+  run: async (ctx, vols) => { await corruptOneFile(ctx, vols, ['inode', 'dirent', 'manifest']) }
 }
 
 const corruptBlockRepairedFromPeer: Scenario = {
@@ -359,11 +421,7 @@ const corruptBlockRepairedFromPeer: Scenario = {
     const recs = records(b.dataDir)
     ctx.check(recs.length > 0, 'B stores no block records')
     const r = ctx.rng.pick(recs)
-    const file = join(b.dataDir, 'blocks', r.seg)
-    const buf = readFileSync(file)
-    ctx.log(`flip B's block ${r.id.slice(0, 12)}: ${flipBit(ctx.rng, buf, r.at, r.at + r.len)}`)
-    const fdb = openSync(file, 'r+')
-    try { writeSync(fdb, buf, 0, buf.length, 0); fsyncSync(fdb) } finally { closeSync(fdb) }
+    ctx.log(`flip B's block ${r.id.slice(0, 12)}: ${toggle(pickBit(ctx.rng, join(b.dataDir, 'blocks', r.seg), r.at, r.at + r.len))}`)
     await b.mount()
     const aId = (await status(a)).sync.device as string
     ctx.check(await until(async () => ((await status(b)).sync.peers as string[]).includes(aId), 60_000), 'B did not connect to A')

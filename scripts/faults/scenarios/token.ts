@@ -6,7 +6,7 @@
  * that nothing acknowledged was lost, no reader got wrong bytes, and fsck is clean.
  */
 import { execFile } from 'node:child_process'
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -14,6 +14,8 @@ import { fileURLToPath } from 'node:url'
 import { randomBytes } from 'node:crypto'
 import { BIN, makeDrive, run, sh, strata, type Drive } from '../../../test/helpers/mount.js'
 import { until } from '../../../test/helpers/team.js'
+import { request, socketPath } from '../../../daemon/control.js'
+import type { FsckReport } from '../../../fs/volume/index.js'
 import type { FaultContext, Scenario } from '../harness.js'
 import { startReader, startWriter, unexpected, verifyAcked, writeAcked, writeSet, type Acked } from '../workload.js'
 
@@ -65,8 +67,9 @@ interface TokenDriveOptions {
 interface TokenDrive extends Drive {
   /** Replace the fault module's directives (see fault-pkcs11.c). */
   faults: (directives: string) => void
-  /** Lines the fault module logged (one per injected fault). */
+  /** Lines the fault module logged (one per injected fault) since the last `clearInjected`. */
   injected: () => string[]
+  clearInjected: () => void
 }
 
 /** A drive with sync off (token faults need no peers) and the given key tunables. */
@@ -93,7 +96,9 @@ async function tokenDrive (ctx: FaultContext, options: TokenDriveOptions): Promi
   return {
     ...d,
     faults: directives => { writeFileSync(join(root, 'fault.ctl.tmp'), directives + '\n'); renameSync(join(root, 'fault.ctl.tmp'), join(root, 'fault.ctl')) },
-    injected: () => existsSync(join(root, 'fault.log')) ? readFileSync(join(root, 'fault.log'), 'utf8').trim().split('\n').filter(Boolean) : []
+    injected: () => existsSync(join(root, 'fault.log')) ? readFileSync(join(root, 'fault.log'), 'utf8').trim().split('\n').filter(Boolean) : [],
+    // The module opens its log for each line it appends: removing the file starts a new count.
+    clearInjected: () => { rmSync(join(root, 'fault.log'), { force: true }) }
   }
 }
 
@@ -109,13 +114,13 @@ async function statusAnswers (ctx: FaultContext, d: Drive, what: string): Promis
   return r.code === 0 ? r.stdout : r.stderr.trim()
 }
 
-/** A new file written and read back once the fault is gone (bounded wait). */
-async function writesAgain (ctx: FaultContext, d: Drive, what: string): Promise<Acked> {
+/** A new file (in `dir` of the mount) written and read back once the fault is gone (bounded wait). */
+async function writesAgain (ctx: FaultContext, d: Drive, what: string, dir = ''): Promise<Acked> {
   let last = ''
   let probe: Acked | undefined
   const ok = await until(async () => {
     try {
-      probe = await writeAcked(d.mnt, `probe-${randomBytes(4).toString('hex')}.bin`, randomBytes(ctx.rng.int(1000, 300_000)))
+      probe = await writeAcked(d.mnt, join(dir, `probe-${randomBytes(4).toString('hex')}.bin`), randomBytes(ctx.rng.int(1000, 300_000)))
       return (await verifyAcked(d.mnt, [probe])).length === 0
     } catch (err) {
       last = String((err as Error).message)
@@ -126,23 +131,35 @@ async function writesAgain (ctx: FaultContext, d: Drive, what: string): Promise<
   return probe as Acked
 }
 
-/** After a fault: acknowledged data intact, the same daemon serving, fsck clean. */
+/**
+ * After a fault: acknowledged data intact, the same daemon serving, fsck clean. The fsck is the
+ * one `strata fsck` asks a mounted drive's daemon for (every block verified), requested over its
+ * control socket: the same check without starting a CLI process in each of 50 iterations.
+ */
 async function checkAfter (ctx: FaultContext, d: Drive, pid: number | undefined, files: Acked[]): Promise<void> {
   const problems = await verifyAcked(d.mnt, files)
   ctx.check(problems.length === 0, `acknowledged data lost or changed: ${problems.slice(0, 5).join('; ')}`)
   ctx.check(pid !== undefined && d.pid() === pid, `the daemon was restarted or died (pid ${pid ?? '?'} -> ${d.pid() ?? 'none'})`)
-  const fsck = await strata(['fsck', '--data', d.dataDir])
-  ctx.check(fsck.code === 0, `fsck after the fault: exit ${fsck.code}: ${(fsck.stdout + fsck.stderr).trim().split('\n').slice(-5).join(' | ')}`)
-  ctx.log(`${files.length} acknowledged files intact, daemon pid ${pid ?? '?'} still serving, fsck clean`)
+  const fsck = await request(socketPath(d.dataDir), 'fsck', { repair: false, quick: false }, undefined, 120_000) as FsckReport
+  ctx.check(fsck.ok, `fsck after the fault: ${fsck.problems.slice(0, 5).map(p => `${p.kind} ${p.path} ${p.detail}`).join(' | ')}`)
+  ctx.log(`${files.length} acknowledged files intact, daemon pid ${pid ?? '?'} still serving, fsck clean (${fsck.inodes} inodes, ${fsck.blocks} blocks)`)
 }
 
-function daemonLog (d: Drive): string {
-  try { return readFileSync(join(d.dataDir, 'strata.log'), 'utf8') } catch { return '' }
+/** The daemon's log from byte `from` on (a drive shared by iterations: only this one's lines). */
+function daemonLog (d: Drive, from = 0): string {
+  try { return readFileSync(join(d.dataDir, 'strata.log')).subarray(from).toString('utf8') } catch { return '' }
 }
 
-/** Start a writer and a reader (over `before`), run `during`, stop both; fail on wrong bytes or unexpected errors. */
-async function withWorkload (ctx: FaultContext, d: Drive, before: Acked[], allowed: string[], during: (w: ReturnType<typeof startWriter>, r: ReturnType<typeof startReader>) => Promise<void>): Promise<Acked[]> {
-  const w = startWriter(d.mnt, { rng: ctx.rng, maxSize: 600_000 })
+function logSize (d: Drive): number {
+  try { return statSync(join(d.dataDir, 'strata.log')).size } catch { return 0 }
+}
+
+/**
+ * Start a writer (files named `${prefix}<n>.bin`) and a reader (over `before`), run `during`,
+ * stop both; fail on wrong bytes or unexpected errors.
+ */
+async function withWorkload (ctx: FaultContext, d: Drive, before: Acked[], allowed: string[], during: (w: ReturnType<typeof startWriter>, r: ReturnType<typeof startReader>) => Promise<void>, prefix = 'w-'): Promise<Acked[]> {
+  const w = startWriter(d.mnt, { rng: ctx.rng, maxSize: 600_000, prefix })
   const r = startReader(d.mnt, before)
   let failure: unknown
   try {
@@ -193,6 +210,43 @@ function corrupt (ctx: FaultContext, file: string): string {
   const len = ctx.rng.int(0, bytes.byteLength - 1)
   truncateSync(file, len)
   return `${file.split('/').pop() ?? ''} truncated to ${len} of ${bytes.byteLength} bytes`
+}
+
+/** One drive behind the fault module for every iteration, with files known from before. */
+interface FaultModuleDrive { d: TokenDrive, before: Acked[], pid: number }
+
+const tokenDeviceErrorNthCall: Scenario<FaultModuleDrive> = {
+  name: 'token-device-error-nth-call',
+  injects: 'a PKCS#11 layer below Strata fails the Nth call (random N, or every Kth) with CKR_DEVICE_ERROR during a workload: a retry or a clean EIO, nothing lost',
+  randomised: true,
+  prepare: async ctx => {
+    const d = await tokenDrive(ctx, { nekCacheMs: 100, faultModule: true })
+    const before = await writeSet(d.mnt, 2, { rng: ctx.rng, maxSize: 300_000 })
+    return { d, before, pid: d.pid() ?? ctx.fail('no daemon pid') }
+  },
+  run: async (ctx, { d, before, pid }) => {
+    // This iteration's files live in their own directory, removed once checked, so the shared
+    // drive does not grow; the injection count and the log are this iteration's only.
+    const dir = `it-${ctx.iteration}`
+    mkdirSync(join(d.mnt, dir))
+    d.clearInjected()
+    const logFrom = logSize(d)
+    const directive = ctx.rng.next() < 0.6 ? `fail ${ctx.rng.int(1, 12)} CKR_DEVICE_ERROR` : `fail-every ${ctx.rng.int(1, 4)} CKR_DEVICE_ERROR`
+    ctx.log(`fault module: ${directive}`)
+    const acked = await withWorkload(ctx, d, before, ['EIO'], async (w, r) => {
+      ctx.check(await until(async () => w.ok >= 1 && r.ok >= 1, 60_000), 'the workload made no progress before the fault')
+      d.faults(directive)
+      ctx.check(await until(async () => d.injected().length > 0, 60_000), 'the fault module injected nothing (no token call reached it)')
+      await sleep(800)
+      d.faults('off')
+      await writesAgain(ctx, d, 'after the device errors stopped', dir)
+    }, `${dir}/w-`)
+    const injected = d.injected()
+    ctx.log(`injected ${injected.length}: ${injected.slice(0, 4).join('; ')}`)
+    ctx.check(/CKR_DEVICE_ERROR/.test(daemonLog(d, logFrom)), 'the daemon log does not name CKR_DEVICE_ERROR for this injection')
+    await checkAfter(ctx, d, pid, [...before, ...acked])
+    rmSync(join(d.mnt, dir), { recursive: true })
+  }
 }
 
 export const tokenScenarios: Scenario[] = [
@@ -289,30 +343,7 @@ export const tokenScenarios: Scenario[] = [
       await checkAfter(ctx, d, d.pid(), before)
     }
   },
-  {
-    name: 'token-device-error-nth-call',
-    injects: 'a PKCS#11 layer below Strata fails the Nth call (random N, or every Kth) with CKR_DEVICE_ERROR during a workload: a retry or a clean EIO, nothing lost',
-    randomised: true,
-    run: async ctx => {
-      const d = await tokenDrive(ctx, { nekCacheMs: 300, faultModule: true })
-      const before = await writeSet(d.mnt, 2, { rng: ctx.rng, maxSize: 300_000 })
-      const pid = d.pid()
-      const directive = ctx.rng.next() < 0.6 ? `fail ${ctx.rng.int(1, 12)} CKR_DEVICE_ERROR` : `fail-every ${ctx.rng.int(1, 4)} CKR_DEVICE_ERROR`
-      ctx.log(`fault module: ${directive}`)
-      const acked = await withWorkload(ctx, d, before, ['EIO'], async (w, r) => {
-        ctx.check(await until(async () => w.ok >= 1 && r.ok >= 1, 60_000), 'the workload made no progress before the fault')
-        d.faults(directive)
-        ctx.check(await until(async () => d.injected().length > 0, 60_000), 'the fault module injected nothing (no token call reached it)')
-        await sleep(800)
-        d.faults('off')
-        await writesAgain(ctx, d, 'after the device errors stopped')
-      })
-      const injected = d.injected()
-      ctx.log(`injected ${injected.length}: ${injected.slice(0, 4).join('; ')}`)
-      ctx.check(/CKR_DEVICE_ERROR/.test(daemonLog(d)), 'the daemon log never names CKR_DEVICE_ERROR')
-      await checkAfter(ctx, d, pid, [...before, ...acked])
-    }
-  },
+  tokenDeviceErrorNthCall,
   {
     name: 'token-stalls',
     injects: 'a PKCS#11 layer below Strata stalls token calls for 3 s each: slow but correct operations, no hang, status still answers',
