@@ -113,11 +113,23 @@ export async function makeDrive (t: Teardownable, options: MakeDriveOptions = {}
       if (r.code !== 0 && await mounted(mnt)) await exec('fusermount', ['-u', '-z', mnt]).catch(() => {})
     }
     const pid = drive.pid()
-    if (pid !== undefined) { try { process.kill(pid, 'SIGKILL') } catch {} }
+    if (pid !== undefined && isDaemonOf(pid, root)) { try { process.kill(pid, 'SIGKILL') } catch {} }
     rmSync(root, { recursive: true, force: true })
   })
   await drive.mount()
   return drive
+}
+
+/**
+ * Is pid still a daemon serving a data dir under root? A daemon that died long ago may have
+ * left its pid to an unrelated process, which a teardown must not kill.
+ */
+function isDaemonOf (pid: number, root: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some(arg => arg.startsWith(root))
+  } catch {
+    return false
+  }
 }
 
 /** sha256 of every file under a directory, by relative path (plus symlink targets). */
