@@ -90,7 +90,11 @@ async function check (vol: StrataVolume, options: FsckOptions): Promise<FsckRepo
       }
     }
   }
-  for (const [ino, { key, err }] of corrupt) if (!paths.has(ino)) report({ path: key, ...describe(err) })
+  // The root has its path from the start (no entry names it), so a damaged root record is reported here too.
+  for (const [ino, { key, err }] of corrupt) {
+    if (ino === ROOT_INO) report({ path: '/', kind: 'record-corrupt', detail: `inode record ${key}: ${describe(err).detail}` })
+    else if (!paths.has(ino)) report({ path: key, ...describe(err) })
+  }
   const orphans = new Set<number>()
   for await (const key of meta.meta.keys({ gte: 'o/', lt: 'o/\xff' })) orphans.add(parseInt(key.slice(2), 16))
   for (const [ino, inode] of inodes) {
