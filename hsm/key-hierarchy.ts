@@ -383,7 +383,7 @@ export class KeyHierarchy implements KeyService {
     const expected = Buffer.from(record.checkValue, 'hex')
     // A token without CKA_CHECK_VALUE reports none, and the record then holds none: both empty.
     if ((expected.byteLength > 0 || obj.checkValue.byteLength > 0) && !kcvEqual(expected, obj.checkValue)) {
-      throw new KeyCustodyError(ref, 'TEK object check value does not match its record')
+      throw new KeyCustodyError(ref, `the TEK object in token "${this.token.label}" does not match its recorded check value (the token's object files may be damaged)`)
     }
   }
 
