@@ -287,15 +287,21 @@ for (const [tempA, tempB] of [[true, false], [true, true], [false, false]] as co
   t.equal(a.replica.pending + b.replica.pending, 0, 'nothing left waiting')
 })
 
-t.test('objects that wait for apply (a file open here) survive a crash of the replica: the change lands after restart', async t => {
-  const { a, b, deliver } = await makePair(t)
+/** A file open for reading on B while A rewrites it and B is handed the change: it waits for the reader. */
+async function changeWaitingForReader (tt: { teardown: (fn: () => void | Promise<void>) => void }): Promise<{ a: Side, b: Side, rfh: number }> {
+  const { a, b, deliver } = await makePair(tt)
   await writeFile(a.vol, ROOT_INO, 'open.txt', Buffer.from('old content'))
   await deliver(a, b)
   const rfh = await b.vol.open((await b.vol.resolve('/open.txt')).ino)
   const fh = await a.vol.open((await a.vol.resolve('/open.txt')).ino, { write: true, truncate: true })
   await a.vol.write(fh, 0, Buffer.from('new content!'))
   await a.vol.release(fh)
-  await deliver(a, b) // the log entry counts as applied once this returns
+  await deliver(a, b)
+  return { a, b, rfh }
+}
+
+t.test('objects that wait for apply (a file open here) survive a crash of the replica: the change lands after restart', async t => {
+  const { a, b, rfh } = await changeWaitingForReader(t) // its log entry counts as applied once delivered
   t.ok(b.replica.pending > 0, 'the change waits for the reader')
   // Crash: the replica's memory is gone; a new one starts on the same volume.
   b.vol.meta.observer = undefined
@@ -317,14 +323,7 @@ t.test('objects that wait for apply (a file open here) survive a crash of the re
 })
 
 t.test('an apply that throws keeps what was waiting: the earlier change still lands', async t => {
-  const { a, b, deliver } = await makePair(t)
-  await writeFile(a.vol, ROOT_INO, 'open.txt', Buffer.from('old content'))
-  await deliver(a, b)
-  const rfh = await b.vol.open((await b.vol.resolve('/open.txt')).ino)
-  const fh = await a.vol.open((await a.vol.resolve('/open.txt')).ino, { write: true, truncate: true })
-  await a.vol.write(fh, 0, Buffer.from('new content!'))
-  await a.vol.release(fh)
-  await deliver(a, b)
+  const { a, b, rfh } = await changeWaitingForReader(t)
   t.ok(b.replica.pending > 0, 'the change waits for the reader')
   // A change set whose apply throws (a malformed block id in a new file).
   await writeFile(a.vol, ROOT_INO, 'bad.txt', Buffer.from('x'))
