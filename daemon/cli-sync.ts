@@ -6,6 +6,7 @@
 import '../net/shim.js'
 import { hostname } from 'node:os'
 import { readDaemonInfo, request } from './control.js'
+import { UsageError } from './usage-error.js'
 import { initStrata, readConfig, writeConfig, type TeamBundle } from './strata.js'
 import { writeTeamFile, type JoinBundle, type TeamFile } from './sync.js'
 import { DeviceVault, TokenEnrolment } from '../hsm/index.js'
@@ -14,7 +15,6 @@ import { createStrataNode } from '../net/node.js'
 import { decodeInvite } from '../net/invite.js'
 import { joinTeam } from '../net/enrol-protocol.js'
 
-export class SyncUsageError extends Error {}
 
 async function daemonSocket (dataDir: string): Promise<string> {
   const running = await readDaemonInfo(dataDir)
@@ -24,7 +24,7 @@ async function daemonSocket (dataDir: string): Promise<string> {
 
 export async function inviteCommand (dataDir: string, ttl: string | undefined): Promise<void> {
   const ttlMinutes = ttl === undefined ? 15 : Number(ttl)
-  if (!Number.isInteger(ttlMinutes) || ttlMinutes < 1) throw new SyncUsageError(`--ttl must be a whole number of minutes, not "${String(ttl)}"`)
+  if (!Number.isInteger(ttlMinutes) || ttlMinutes < 1) throw new UsageError(`--ttl must be a whole number of minutes, not "${String(ttl)}"`)
   const r = await request(await daemonSocket(dataDir), 'invite', { ttlMinutes }) as { code: string, expiresAt: number, device: string, addresses: string[] }
   console.log(`invite from device ${r.device}, valid once until ${new Date(r.expiresAt).toISOString()}`)
   console.log(`addresses: ${r.addresses.join(' ')}`)

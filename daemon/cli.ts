@@ -12,12 +12,18 @@ import { openSync, closeSync } from 'node:fs'
 import { realpath } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import { EXIT } from './exit-codes.js'
-import { initStrata, openStrata, readConfig, type Strata } from './strata.js'
+import { readConfig } from './config.js'
 import { readDaemonInfo, request, processAlive } from './control.js'
-import { Daemon, registeredDataDir } from './daemon.js'
-import { mountAt, isStale, fusermountU } from './mounts.js'
-import { fsck, rotateNek, ROOT_INO, type FsckReport } from '../fs/volume/index.js'
-import { inviteCommand, joinCommand, devicesCommand, removeDeviceCommand, peerAddCommand, SyncUsageError } from './cli-sync.js'
+import { mountAt, isStale, fusermountU, registeredDataDir } from './mounts.js'
+import { UsageError } from './usage-error.js'
+import type { Strata } from './strata.js'
+import type { FsckReport } from '../fs/volume/index.js'
+
+// The volume, token, FUSE and libp2p modules take most of a second to load: commands that only
+// talk to a running daemon (status, unmount, fsck of a mounted drive) load none of them.
+const openStrata = async (...a: Parameters<typeof import('./strata.js').openStrata>): Promise<Strata> => await (await import('./strata.js')).openStrata(...a)
+const volume = async (): Promise<typeof import('../fs/volume/index.js')> => await import('../fs/volume/index.js')
+const sync = async (): Promise<typeof import('./cli-sync.js')> => await import('./cli-sync.js')
 
 const USAGE = `usage: strata <command> [options]
 
@@ -44,8 +50,6 @@ options:
 environment:
   STRATA_PIN   token PIN when the data directory names no PIN file`
 
-class UsageError extends Error {}
-
 export function defaultDataDir (env: NodeJS.ProcessEnv = process.env): string {
   const base = env.XDG_DATA_HOME !== undefined && env.XDG_DATA_HOME !== '' ? env.XDG_DATA_HOME : join(homedir(), '.local', 'share')
   return join(base, 'strata')
@@ -69,6 +73,7 @@ const mib = (n: number): string => (n / 1048576).toFixed(1)
 
 async function demo (s: Strata): Promise<void> {
   const vol = s.vol
+  const { ROOT_INO, fsck } = await volume()
   const dirName = `demo-${new Date().toISOString().replace(/[:.]/g, '-')}`
   const dir = await vol.mkdir(ROOT_INO, dirName)
   const files: Array<{ name: string, data: Buffer }> = [
@@ -198,7 +203,7 @@ async function main (argv: string[]): Promise<number> {
       } else if (values.module !== undefined || values['pin-file'] !== undefined) {
         throw new UsageError('--module and --pin-file go with --token-label (the label of an initialised token)')
       }
-      const s = await initStrata({ dataDir, blockSize, pinEnv, token })
+      const s = await (await import('./strata.js')).initStrata({ dataDir, blockSize, pinEnv, token })
       console.log(`created a Strata volume in ${dataDir} (token "${s.config.token.label}", block size ${s.vol.blockSize} bytes)`)
       await s.close()
       return EXIT.OK
@@ -207,6 +212,7 @@ async function main (argv: string[]): Promise<number> {
       expectPositionals(1, 'a mount point')
       const mountpoint = resolve(positionals[0] as string)
       if (values.foreground !== true) return await mountBackground(dataDir, mountpoint)
+      const { Daemon } = await import('./daemon.js')
       const daemon = new Daemon({
         dataDir,
         mountpoint,
@@ -306,7 +312,7 @@ async function main (argv: string[]): Promise<number> {
       }
       const s = await openStrata({ dataDir, pinEnv })
       try {
-        return printFsck(await fsck(s.vol, { repair: values.repair === true, verifyData: values.quick !== true }), values.repair === true)
+        return printFsck(await (await volume()).fsck(s.vol, { repair: values.repair === true, verifyData: values.quick !== true }), values.repair === true)
       } finally {
         await s.close()
       }
@@ -331,7 +337,7 @@ async function main (argv: string[]): Promise<number> {
           console.log(`team key rotated to version ${v}`)
         } else {
           for (const ns of await s.keys.namespaces()) {
-            await rotateNek(s.vol, ns, { onProgress: bar(`namespace ${ns}`) })
+            await (await volume()).rotateNek(s.vol, ns, { onProgress: bar(`namespace ${ns}`) })
             process.stderr.write('\n')
           }
           console.log('every namespace key rotated')
@@ -364,23 +370,23 @@ async function main (argv: string[]): Promise<number> {
     }
     case 'invite':
       expectPositionals(0, 'no arguments besides options')
-      await inviteCommand(dataDir, values.ttl)
+      await (await sync()).inviteCommand(dataDir, values.ttl)
       return EXIT.OK
     case 'join':
       expectPositionals(1, 'an invite code')
-      await joinCommand(dataDir, positionals[0] as string, values.name, pinEnv)
+      await (await sync()).joinCommand(dataDir, positionals[0] as string, values.name, pinEnv)
       return EXIT.OK
     case 'devices':
       expectPositionals(0, 'no arguments besides options')
-      await devicesCommand(dataDir, values.json === true)
+      await (await sync()).devicesCommand(dataDir, values.json === true)
       return EXIT.OK
     case 'remove-device':
       expectPositionals(1, 'a device id')
-      await removeDeviceCommand(dataDir, positionals[0] as string)
+      await (await sync()).removeDeviceCommand(dataDir, positionals[0] as string)
       return EXIT.OK
     case 'peer':
       if (positionals[0] !== 'add' || positionals.length !== 2) throw new UsageError('strata peer expects "add MULTIADDR"')
-      await peerAddCommand(dataDir, positionals[1] as string)
+      await (await sync()).peerAddCommand(dataDir, positionals[1] as string)
       return EXIT.OK
     default:
       throw new UsageError(`unknown command "${command}"`)
@@ -392,7 +398,7 @@ main(process.argv.slice(2)).then(code => {
   // A daemon that stopped may leave FUSE and worker handles behind: leave nothing running.
   if (process.argv[2] === 'mount') setImmediate(() => process.exit(code))
 }, (err: Error & { code?: string }) => {
-  if (err instanceof UsageError || err instanceof SyncUsageError) {
+  if (err instanceof UsageError) {
     console.error(`strata: ${err.message}\n\n${USAGE}`)
     process.exitCode = EXIT.USAGE
     return

@@ -3,12 +3,12 @@
  * stops cleanly — dirty data sealed, LevelDB closed, mount removed — on `strata unmount`,
  * SIGTERM or SIGINT. A stale mount left by a killed daemon is detected and cleaned up first.
  */
-import { realpath, stat, mkdir, writeFile, readFile, rm } from 'node:fs/promises'
-import { createHash } from 'node:crypto'
-import { join } from 'node:path'
+import { realpath, stat } from 'node:fs/promises'
 import { openStrata, type Strata } from './strata.js'
 import { ControlServer, socketPath, writeDaemonInfo, readDaemonInfo, removeDaemonInfo, type Handler } from './control.js'
-import { mountAt, isStale, fusermountU } from './mounts.js'
+import { mountAt, isStale, fusermountU, register, unregister } from './mounts.js'
+
+export { registeredDataDir } from './mounts.js'
 import { createLogger, type Logger } from './logger.js'
 import { FuseAdapter } from '../fs/fuse/adapter.js'
 import { loadFuseNative } from '../fs/fuse/native/fuse-native.js'
@@ -41,31 +41,6 @@ async function checkFuse (): Promise<void> {
 
 async function exists (p: string): Promise<boolean> {
   try { await stat(p); return true } catch { return false }
-}
-
-/** Where mount points are registered (mount point → data dir), so `unmount` needs only the path. */
-function registryDir (): string {
-  return process.getuid?.() === 0 ? '/run/strata' : join('/tmp', `strata-${process.getuid?.() ?? 0}`)
-}
-
-const regFile = (mountpoint: string): string => join(registryDir(), createHash('sha256').update(mountpoint).digest('hex').slice(0, 24) + '.json')
-
-export async function registeredDataDir (mountpoint: string): Promise<string | undefined> {
-  try {
-    const o = JSON.parse(await readFile(regFile(mountpoint), 'utf8')) as { dataDir?: unknown }
-    return typeof o.dataDir === 'string' ? o.dataDir : undefined
-  } catch {
-    return undefined
-  }
-}
-
-async function register (mountpoint: string, dataDir: string): Promise<void> {
-  await mkdir(registryDir(), { recursive: true, mode: 0o700 })
-  await writeFile(regFile(mountpoint), JSON.stringify({ mountpoint, dataDir }) + '\n', { mode: 0o600 })
-}
-
-async function unregister (mountpoint: string): Promise<void> {
-  await rm(regFile(mountpoint), { force: true })
 }
 
 /** Check a mount point before mounting; cleans up a stale FUSE mount. Returns its real path. */

@@ -1,8 +1,11 @@
 /**
  * The kernel's mount table, as far as the daemon needs it: is a path a mount point, of which
  * file system, and is a FUSE mount there stale (its daemon died: the kernel answers ENOTCONN).
+ * Also the registry of Strata's own mounts (mount point → data dir).
  */
-import { readFile, stat } from 'node:fs/promises'
+import { readFile, stat, mkdir, writeFile, rm } from 'node:fs/promises'
+import { createHash } from 'node:crypto'
+import { join } from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 
@@ -46,4 +49,29 @@ export async function fusermountU (target: string, options: { lazy?: boolean } =
     const msg = (e.stderr ?? e.message).trim()
     throw Object.assign(new Error(`cannot unmount ${target}: ${msg}`), { code: /busy/i.test(msg) ? 'EBUSY' : 'ERR_UNMOUNT' })
   }
+}
+
+/** Where mount points are registered (mount point → data dir), so `unmount` needs only the path. */
+function registryDir (): string {
+  return process.getuid?.() === 0 ? '/run/strata' : join('/tmp', `strata-${process.getuid?.() ?? 0}`)
+}
+
+const regFile = (mountpoint: string): string => join(registryDir(), createHash('sha256').update(mountpoint).digest('hex').slice(0, 24) + '.json')
+
+export async function registeredDataDir (mountpoint: string): Promise<string | undefined> {
+  try {
+    const o = JSON.parse(await readFile(regFile(mountpoint), 'utf8')) as { dataDir?: unknown }
+    return typeof o.dataDir === 'string' ? o.dataDir : undefined
+  } catch {
+    return undefined
+  }
+}
+
+export async function register (mountpoint: string, dataDir: string): Promise<void> {
+  await mkdir(registryDir(), { recursive: true, mode: 0o700 })
+  await writeFile(regFile(mountpoint), JSON.stringify({ mountpoint, dataDir }) + '\n', { mode: 0o600 })
+}
+
+export async function unregister (mountpoint: string): Promise<void> {
+  await rm(regFile(mountpoint), { force: true })
 }
