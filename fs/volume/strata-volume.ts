@@ -1048,7 +1048,11 @@ export class StrataVolume implements Volume {
     if (start > d.len) d.buf.fill(0, d.len, start)
     src.copy(d.buf, start)
     if (end > d.len) d.len = end
-    if (d.len === bs) this.sealInBackground(inode, st, b)
+    // A write that reaches the end of the block completes it for a sequential writer: seal it
+    // now. A block filled by reading its old content (a write into the middle of a file) waits
+    // for the write that ends it, the age timer, close or fsync: sealing it after every small
+    // write rewrote the whole block each time and let peers fetch versions nothing kept.
+    if (end === bs) this.sealInBackground(inode, st, b)
   }
 
   private sealInBackground (inode: Inode, st: FileState, b: number): void {
