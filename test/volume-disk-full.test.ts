@@ -7,12 +7,13 @@
  *   the next write at once (the GC runs instead of refusing it), and an fsync that then seals
  *   everything succeeds even though an earlier background seal failed.
  * - A disk another program filled to the last byte: metadata writes are refused with ENOSPC
- *   before LevelDB sees them (fs/store/disk-guard.ts), cached inodes are not left half-changed.
+ *   before LevelDB sees them (fs/store/disk-guard.ts), cached inodes are not left half-changed,
+ *   and a refused truncate of an open file keeps its size and its unsealed bytes.
  */
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtempSync, rmSync, writeFileSync, unlinkSync, statfsSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync, unlinkSync, statfsSync, statSync, truncateSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { ClassicLevel } from 'classic-level'
@@ -138,17 +139,42 @@ t.test('StrataVolume on a disk another program filled to the last byte: metadata
   let s = await initStrata({ dataDir, token: { module: token.module, label: token.label, pinFile } })
   t.teardown(async () => { await s.close().catch(() => {}) })
   await s.vol.mkdir(ROOT_INO, 'before')
+  // An open file: 3 MiB stored, then 1 MiB more written and not yet sealed.
+  const stored = randomBytes(3 * 1048576)
+  const unsealed = randomBytes(1048576)
+  const { attr: { ino }, fh } = await s.vol.create(ROOT_INO, 'open.bin')
+  await s.vol.write(fh, 0, stored)
+  await s.vol.fsync(fh)
+  await s.vol.write(fh, stored.length, unsealed)
+  await s.vol.mkdir(ROOT_INO, 'victim')
   const filler = join(fs, 'other-program')
   try { execFileSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=1M'], { stdio: 'ignore' }) } catch {} // ends with ENOSPC
+  await new Promise(resolve => setTimeout(resolve, 200)) // with plenty free, the guard measured up to 100 ms ago
   const err = await s.vol.mkdir(ROOT_INO, 'refused').then(() => undefined, (e: Error) => e)
   t.equal(toErrno(err).errno, -constants.errno.ENOSPC, `mkdir on a full disk: ENOSPC (${String(err?.message)})`)
-  t.equal((await s.vol.getattr(ROOT_INO)).nlink, 3, 'the refused mkdir left the parent\'s link count alone')
+  t.equal((await s.vol.getattr(ROOT_INO)).nlink, 4, 'the refused mkdir left the parent\'s link count alone')
+  const cut = await s.vol.truncate(ino, 1048576 + 5).then(() => undefined, (e: Error) => e)
+  t.equal(toErrno(cut).errno, -constants.errno.ENOSPC, `truncate on a full disk: ENOSPC (${String(cut?.message)})`)
+  t.equal((await s.vol.getattr(ino)).size, 4 * 1048576, 'the refused truncate left the size alone')
+  // Room for LevelDB's log but below the metadata floor: new entries are refused, a delete is not
+  // (a user on a full disk must be able to make room).
+  truncateSync(filler, statSync(filler).size - 4 * 1048576)
+  const refused = await s.vol.mkdir(ROOT_INO, 'refused').then(() => undefined, (e: Error) => e)
+  t.equal(toErrno(refused).errno, -constants.errno.ENOSPC, `with 4 MiB free, mkdir: ENOSPC (${String(refused?.message)})`)
+  await s.vol.rmdir(ROOT_INO, 'victim')
+  t.pass('with 4 MiB free, rmdir succeeds')
   unlinkSync(filler)
+  t.ok((await s.vol.read(fh, 0, 4 * 1048576)).equals(Buffer.concat([stored, unsealed])), 'and every byte, the unsealed ones too')
+  await s.vol.fsync(fh)
+  await s.vol.release(fh)
   await s.vol.mkdir(ROOT_INO, 'after')
   const report = await fsck(s.vol, {})
   t.ok(report.ok, `fsck clean: ${JSON.stringify(report.problems.slice(0, 3))}`)
   await s.close()
   s = await openStrata({ dataDir })
   const names = (await s.vol.readdir(ROOT_INO)).map(e => Buffer.from(e.name).toString()).filter(n => n !== '.' && n !== '..').sort()
-  t.same(names, ['after', 'before'], 'after a reopen: exactly the entries that were acknowledged')
+  t.same(names, ['after', 'before', 'open.bin'], 'after a reopen: exactly the entries that were acknowledged')
+  const fh2 = await s.vol.open((await s.vol.lookup(ROOT_INO, 'open.bin')).ino)
+  t.ok((await s.vol.read(fh2, 0, 4 * 1048576 + 1)).equals(Buffer.concat([stored, unsealed])), 'the open file as written')
+  await s.vol.release(fh2)
 })

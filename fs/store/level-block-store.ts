@@ -6,6 +6,7 @@
 import { BlockCorruptError } from '../errors.js'
 import { blockIdMatches } from '../crypto/block-crypto.js'
 import { syncDb, type BlockStore, type Sublevel } from './types.js'
+import { FREES } from './disk-guard.js'
 
 export class LevelBlockStore implements BlockStore {
   private readonly data: Sublevel
@@ -40,7 +41,7 @@ export class LevelBlockStore implements BlockStore {
   }
 
   async del (id: Uint8Array): Promise<void> {
-    await this.data.del(Buffer.from(id).toString('hex'))
+    await this.data.del(Buffer.from(id).toString('hex'), FREES)
   }
 
   async * ids (): AsyncIterable<Buffer> {

@@ -15,6 +15,7 @@ import { join } from 'node:path'
 import { BlockCorruptError, FsError, IntegrityError } from '../errors.js'
 import { blockIdMatches } from '../crypto/block-crypto.js'
 import { syncDb, type BlockStore, type Sublevel } from './types.js'
+import { FREES } from './disk-guard.js'
 
 const MAGIC = Buffer.from('SBK1')
 const HEADER = 4 + 4 + 32
@@ -281,7 +282,7 @@ export class LogBlockStore implements BlockStore {
     const hex = Buffer.from(id).toString('hex')
     const loc = await this.locate(hex)
     if (loc === undefined) return
-    await this.index.del(hex)
+    await this.index.del(hex, FREES)
     const seg = this.segments.get(loc.seg)
     if (seg !== undefined) seg.live -= HEADER + loc.len
   }

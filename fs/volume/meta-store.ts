@@ -15,6 +15,7 @@ import { wrapKey, unwrapKey } from '../crypto/block-crypto.js'
 import { deriveNamespaceKeys, sealRecord, openRecord, type NamespaceKeys } from '../crypto/record-crypto.js'
 import { K, type NamespaceRecord } from './records.js'
 import type { Db, Sublevel } from '../store/types.js'
+import { FREES } from '../store/disk-guard.js'
 
 export type BatchOp = { type: 'put', key: string, value: Uint8Array } | { type: 'del', key: string }
 
@@ -164,11 +165,12 @@ export class MetaStore {
     yield * this.meta.iterator({ gte: prefix, lt: prefix + '\xff' })
   }
 
-  async write (ops: BatchOp[], options: { sync?: boolean } = {}): Promise<void> {
+  /** `frees`: the batch frees space (deletes, truncates), allowed closer to a full disk (fs/store/disk-guard.ts). */
+  async write (ops: BatchOp[], options: { sync?: boolean, frees?: boolean } = {}): Promise<void> {
     if (ops.length === 0) return
     if (options.sync === true) await this.beforeSync()
     try {
-      await this.db.batch(ops.map(op => ({ ...op, sublevel: this.meta })), { sync: options.sync === true })
+      await this.db.batch(ops.map(op => ({ ...op, sublevel: this.meta })), { ...(options.frees === true ? FREES : {}), sync: options.sync === true })
     } catch (err) {
       // Nothing of the batch is stored (disk full, I/O error): let the owner undo what it
       // changed in memory for it, before the error reaches the operation.

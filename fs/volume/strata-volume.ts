@@ -568,7 +568,7 @@ export class StrataVolume implements Volume {
       this.touch(dir, { m: true })
       const ops: BatchOp[] = [{ type: 'del', key: await this.direntKey(dir, n) }, await this.inodeOp(dir)]
       ops.push(...await this.purgeOps(inode, new RefBatch(this.meta, inode.ns)))
-      await this.meta.write(ops)
+      await this.meta.write(ops, { frees: true })
     })
   }
 
@@ -586,7 +586,7 @@ export class StrataVolume implements Volume {
       const r = await this.dropLink(inode)
       ops.push(...r.ops)
       freed = r.freed
-      await this.meta.write(ops)
+      await this.meta.write(ops, { frees: true })
     })
     if (freed) this.scheduleGc()
   }
@@ -632,8 +632,8 @@ export class StrataVolume implements Volume {
         const inode = Number.isSafeInteger(ino) ? await this.getInode(ino).catch(() => undefined) : undefined
         // The o/ key is not authenticated: only an inode whose own (authenticated) record says
         // it has no names left is purged; anything else just loses the stray marker.
-        if (inode === undefined || inode.nlink !== 0 || inode.type === 'dir') { await this.meta.write([{ type: 'del', key: K.orphan(ino) }]); continue }
-        await this.meta.write(await this.purgeOps(inode, new RefBatch(this.meta, inode.ns)))
+        if (inode === undefined || inode.nlink !== 0 || inode.type === 'dir') { await this.meta.write([{ type: 'del', key: K.orphan(ino) }], { frees: true }); continue }
+        await this.meta.write(await this.purgeOps(inode, new RefBatch(this.meta, inode.ns)), { frees: true })
       }
     })
     this.scheduleGc()
@@ -689,7 +689,7 @@ export class StrataVolume implements Volume {
       if (ddir !== sdir) this.touch(ddir, { m: true })
       ops.push(await this.inodeOp(inode), await this.inodeOp(sdir))
       if (ddir !== sdir) ops.push(await this.inodeOp(ddir))
-      await this.meta.write(ops)
+      await this.meta.write(ops, { frees: target !== undefined })
     })
     if (freed) this.scheduleGc()
   }
@@ -804,7 +804,7 @@ export class StrataVolume implements Volume {
       const key = await this.xattrKey(inode, name)
       if (await this.meta.meta.get(key) === undefined) throw new FsError('ENODATA', 'no such xattr')
       this.touch(inode, {})
-      await this.meta.write([{ type: 'del', key }, await this.inodeOp(inode)])
+      await this.meta.write([{ type: 'del', key }, await this.inodeOp(inode)], { frees: true })
     })
   }
 
@@ -1275,7 +1275,7 @@ export class StrataVolume implements Volume {
           this.files.delete(h.ino)
           const inode = this.inodes.get(h.ino)
           if (inode !== undefined && inode.nlink === 0) {
-            await this.lock.run(async () => { await this.meta.write(await this.purgeOps(inode, new RefBatch(this.meta, inode.ns))) })
+            await this.lock.run(async () => { await this.meta.write(await this.purgeOps(inode, new RefBatch(this.meta, inode.ns)), { frees: true }) })
             this.scheduleGc()
           }
         }
@@ -1299,10 +1299,11 @@ export class StrataVolume implements Volume {
         const keepBlocks = Math.ceil(size / bs)
         const ops: BatchOp[] = []
         const refs = new RefBatch(this.meta, inode.ns)
+        // The metadata batch goes first and the cached inode, manifest and dirty blocks change
+        // only once it is stored: a failed batch (a full disk) leaves the file as it was.
+        const next: Inode = { ...inode, size }
         if (size < inode.size) {
-          for (const [b, d] of st.dirty) {
-            if (b >= keepBlocks) { st.dirty.delete(b); this.dirtyBytes -= d.buf.length } else if (b === keepBlocks - 1 && d.len > size - b * bs) { d.len = size - b * bs; d.buf.fill(0, d.len) }
-          }
+          const manifest: Array<[number, ManifestEntry | null]> = []
           await this.lock.run(async () => {
             for await (const [key, value] of this.meta.range(K.manifestPrefix(ino))) {
               const idx = parseInt(key.slice(key.lastIndexOf('/') + 1), 16)
@@ -1310,27 +1311,31 @@ export class StrataVolume implements Volume {
               const e = decodeManifest(key, body)
               if (idx >= keepBlocks) {
                 await refs.unref(e.id)
-                inode.stored -= paddedLength(e.len, bs)
+                next.stored -= paddedLength(e.len, bs)
                 ops.push({ type: 'del', key })
-                st.manifest.set(idx, null)
+                manifest.push([idx, null])
               } else if (idx === keepBlocks - 1 && e.len > size - idx * bs) {
                 const shorter = { id: e.id, len: size - idx * bs }
-                inode.stored -= paddedLength(e.len, bs) - paddedLength(shorter.len, bs)
+                next.stored -= paddedLength(e.len, bs) - paddedLength(shorter.len, bs)
                 ops.push({ type: 'put', key, value: await this.meta.seal(inode.ns, key, encodeManifest(shorter)) })
-                st.manifest.set(idx, shorter)
+                manifest.push([idx, shorter])
               }
             }
-            inode.size = size
-            this.touch(inode, { m: true })
-            ops.push(...await refs.ops(), await this.inodeOp(inode))
-            await this.meta.write(ops)
+            this.touch(next, { m: true })
+            ops.push(...await refs.ops(), await this.inodeOp(next))
+            await this.meta.write(ops, { frees: true })
+            Object.assign(inode, next)
+            for (const [idx, e] of manifest) st.manifest.set(idx, e)
           })
+          for (const [b, d] of st.dirty) {
+            if (b >= keepBlocks) { st.dirty.delete(b); this.dirtyBytes -= d.buf.length } else if (b === keepBlocks - 1 && d.len > size - b * bs) { d.len = size - b * bs; d.buf.fill(0, d.len) }
+          }
           freed = refs.freed.length > 0
         } else if (size > inode.size) {
           await this.lock.run(async () => {
-            inode.size = size
-            this.touch(inode, { m: true })
-            await this.meta.write([await this.inodeOp(inode)])
+            this.touch(next, { m: true })
+            await this.meta.write([await this.inodeOp(next)])
+            Object.assign(inode, next)
           })
         }
       })
@@ -1431,7 +1436,7 @@ export class StrataVolume implements Volume {
       }
       done.push({ type: 'del', key })
     }
-    await this.meta.write(done)
+    await this.meta.write(done, { frees: true })
     if (blocksDeleted > 0) await this.blocks.compact()
     return { blocksDeleted }
   }
