@@ -14,7 +14,8 @@ const MAX_LINE = 64 * 1024
 
 export type Handler = (args: Record<string, unknown>, progress: (p: unknown) => void) => Promise<unknown>
 
-export interface DaemonInfo { pid: number, socket: string, mountpoint: string, started: string }
+/** `ticks`: the process's start time (clock ticks after boot), telling it from a later process given the same pid. */
+export interface DaemonInfo { pid: number, socket: string, mountpoint: string, started: string, ticks?: number }
 
 export const DAEMON_FILE = 'daemon.json'
 
@@ -142,7 +143,11 @@ export async function writeDaemonInfo (dataDir: string, info: DaemonInfo): Promi
   await writeFile(join(dataDir, DAEMON_FILE), JSON.stringify(info) + '\n', { mode: 0o600 })
 }
 
-/** The running daemon of a data dir, if its process is alive. */
+/**
+ * The running daemon of a data dir, if its process is alive. A daemon killed with SIGKILL leaves
+ * its file behind, and the kernel may give its pid to another process later: that one has
+ * another start time, so it is not taken for the daemon.
+ */
 export async function readDaemonInfo (dataDir: string): Promise<DaemonInfo | undefined> {
   let info: DaemonInfo
   try {
@@ -151,7 +156,25 @@ export async function readDaemonInfo (dataDir: string): Promise<DaemonInfo | und
     return undefined
   }
   if (typeof info.pid !== 'number' || typeof info.socket !== 'string') return undefined
-  return await processAlive(info.pid) ? info : undefined
+  if (!await processAlive(info.pid)) return undefined
+  if (typeof info.ticks === 'number' && await processStartTicks(info.pid) !== info.ticks) return undefined
+  return info
+}
+
+/** Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses). */
+async function procStat (pid: number): Promise<string[] | undefined> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  } catch {
+    return undefined
+  }
+}
+
+/** When a process started, in clock ticks after boot (field 22 of /proc/PID/stat). */
+export async function processStartTicks (pid: number): Promise<number | undefined> {
+  const ticks = Number((await procStat(pid))?.[19])
+  return Number.isSafeInteger(ticks) ? ticks : undefined
 }
 
 /** A process that exists and is not a zombie (killed but not yet reaped counts as dead). */
@@ -161,12 +184,8 @@ export async function processAlive (pid: number): Promise<boolean> {
   } catch {
     return false
   }
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z'
-  } catch {
-    return false
-  }
+  const state = (await procStat(pid))?.[0]
+  return state !== undefined && state !== 'Z'
 }
 
 export async function removeDaemonInfo (dataDir: string): Promise<void> {

@@ -5,7 +5,7 @@
  */
 import { realpath, stat } from 'node:fs/promises'
 import { openStrata, type Strata } from './strata.js'
-import { ControlServer, socketPath, writeDaemonInfo, readDaemonInfo, removeDaemonInfo, type Handler } from './control.js'
+import { ControlServer, socketPath, writeDaemonInfo, readDaemonInfo, removeDaemonInfo, processStartTicks, type Handler } from './control.js'
 import { mountAt, isStale, fusermountU, register, unregister } from './mounts.js'
 
 export { registeredDataDir } from './mounts.js'
@@ -140,7 +140,7 @@ export class Daemon {
     this.control = new ControlServer(this.handlers(), err => { this.log.error('control request failed: %e', err) })
     const socket = socketPath(dataDir)
     await this.control.listen(socket)
-    await writeDaemonInfo(dataDir, { pid: process.pid, socket, mountpoint: this.mountpoint, started: new Date().toISOString() })
+    await writeDaemonInfo(dataDir, { pid: process.pid, socket, mountpoint: this.mountpoint, started: new Date().toISOString(), ticks: await processStartTicks(process.pid) })
     await register(this.mountpoint, dataDir)
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
       process.on(sig, () => {

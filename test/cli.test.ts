@@ -74,3 +74,12 @@ t.test('init, demo, fsck; a wrong PIN exits 4 and names the PIN', async t => {
   t.equal(r.code, EXIT.OK, r.err)
   t.match(r.out, /fsck: clean/)
 })
+
+t.test('a daemon file left by a killed daemon whose pid now belongs to another process is ignored', async t => {
+  // This test process stands for the unrelated process that was given the dead daemon's pid.
+  writeFileSync(join(data, 'daemon.json'), JSON.stringify({ pid: process.pid, socket: join(root, 'gone.sock'), mountpoint: join(root, 'mnt'), started: new Date(0).toISOString(), ticks: 1 }))
+  t.teardown(() => { rmSync(join(data, 'daemon.json'), { force: true }) })
+  const r = run(['status', '--data', data])
+  t.equal(r.code, EXIT.OK, r.err)
+  t.match(r.out, /^volume /, 'status of the unmounted volume, not an error about the socket')
+})
