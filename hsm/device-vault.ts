@@ -117,7 +117,7 @@ export class DeviceVault implements Vault {
   private async findOrCreate (): Promise<KeyHandle[]> {
     const found = (await this.token.findSecretKeys(DEVICE_KEY_LABEL)).filter(k => k.label === DEVICE_KEY_LABEL)
     if (found.length > 0) return found.map(k => k.handle)
-    const handle = await this.run('generate', async (s, p) => await p.C_GenerateKeyAsync(s, { mechanism: CKM_AES_KEY_GEN }, [
+    await this.run('generate', async (s, p) => await p.C_GenerateKeyAsync(s, { mechanism: CKM_AES_KEY_GEN }, [
       { type: CKA_CLASS, value: CKO_SECRET_KEY },
       { type: CKA_KEY_TYPE, value: CKK_AES },
       { type: CKA_VALUE_LEN, value: 32 },
@@ -132,7 +132,11 @@ export class DeviceVault implements Vault {
       { type: CKA_LABEL, value: DEVICE_KEY_LABEL },
       { type: CKA_ID, value: Buffer.from(DEVICE_KEY_LABEL) }
     ]))
-    return [handle]
+    // Found again by label: the token then re-finds it after a module re-initialisation, when
+    // the raw handle from C_GenerateKey may name another key.
+    const made = (await this.token.findSecretKeys(DEVICE_KEY_LABEL)).filter(k => k.label === DEVICE_KEY_LABEL)
+    if (made.length === 0) throw new SealedDataError('the device key just made is not on the token')
+    return made.map(k => k.handle)
   }
 }
 

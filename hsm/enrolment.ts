@@ -201,9 +201,9 @@ export class TokenEnrolment {
       if (tek.wrapped.byteLength !== pair.modulusBytes) throw new KeyCustodyError(keyRef, 'the wrapped key has the wrong length for the enrolment key')
       options.signal?.throwIfAborted()
       const stagingLabel = `${STAGING_PREFIX}${tek.version}`
-      staged = await this.run('unwrap', async (s, p) => {
+      await this.run('unwrap', async (s, p) => {
         try {
-          return await p.C_UnwrapKeyAsync(s, OAEP, asBuffer(pair.privateKey), asBuffer(tek.wrapped), [
+          await p.C_UnwrapKeyAsync(s, OAEP, asBuffer(pair.privateKey), asBuffer(tek.wrapped), [
             // Exactly the attributes of a TEK made by Pkcs11Token.generateSecretKey (hsm/FORMAT.md).
             { type: CKA_CLASS, value: CKO_SECRET_KEY },
             { type: CKA_KEY_TYPE, value: CKK_AES },
@@ -222,17 +222,21 @@ export class TokenEnrolment {
           throw err
         }
       })
-      const handle = staged
-      const length = await this.run('getAttributes', async (s, p) => {
-        const [len] = p.C_GetAttributeValue(s, asBuffer(handle), [{ type: CKA_VALUE_LEN }])
+      // Found again by label: a handle the token lent out stays right across a module
+      // re-initialisation, the raw one from C_UnwrapKey could then name another key.
+      const handle = (await this.token.findSecretKeys(stagingLabel)).find(k => k.label === stagingLabel)?.handle
+      if (handle === undefined) throw new KeyCustodyError(keyRef, 'the unwrapped key is not on the token')
+      staged = handle
+      const length = await this.token.withKey('getAttributes', handle, async (s, p, raw) => {
+        const [len] = p.C_GetAttributeValue(s, raw, [{ type: CKA_VALUE_LEN }])
         return len === undefined || len.value.byteLength === 0 ? 0 : Number(len.value.readUIntLE(0, Math.min(len.value.byteLength, 6)))
       })
       // SoftHSM 2.6.1 reports CKA_VALUE_LEN 0 for unwrapped keys; the check value below then vouches for the key.
       if (length !== 0 && length !== KEY_BYTES) throw new KeyCustodyError(keyRef, `the unwrapped key is ${length} bytes, not an AES-256 key`)
       if (!kcvEqual(await transferKcv(this.token, handle), tek.kcv)) throw new KeyCustodyError(keyRef, 'check value of the unwrapped key does not match the one sent')
       // Checked: give it its real label, under which the key hierarchy adopts it.
-      await this.run('setAttributes', async (s, p) => {
-        p.C_SetAttributeValue(s, asBuffer(handle), [{ type: CKA_LABEL, value: label }, { type: CKA_ID, value: Buffer.from(label) }])
+      await this.token.withKey('setAttributes', handle, async (s, p, raw) => {
+        p.C_SetAttributeValue(s, raw, [{ type: CKA_LABEL, value: label }, { type: CKA_ID, value: Buffer.from(label) }])
       })
       staged = undefined
       return { version: tek.version, label }
@@ -255,7 +259,7 @@ export class TokenEnrolment {
     if (!usage.encrypt || !usage.decrypt) throw new TeamDisabledError()
     options.signal?.throwIfAborted()
     const kcv = await transferKcv(this.token, tek.handle)
-    const wrapped = await this.run('wrap', async (s, p) => {
+    const wrapped = await this.token.withKey('wrap', tek.handle, async (s, p, tekRaw) => {
       const wrappingKey = p.C_CreateObject(s, [
         { type: CKA_CLASS, value: CKO_PUBLIC_KEY },
         { type: CKA_KEY_TYPE, value: CKK_RSA },
@@ -267,7 +271,7 @@ export class TokenEnrolment {
         { type: CKA_VERIFY, value: false }
       ])
       try {
-        return plain(await p.C_WrapKeyAsync(s, OAEP, wrappingKey, asBuffer(tek.handle), Buffer.alloc(pub.modulus.byteLength + 16)))
+        return plain(await p.C_WrapKeyAsync(s, OAEP, wrappingKey, tekRaw, Buffer.alloc(pub.modulus.byteLength + 16)))
       } finally {
         try { p.C_DestroyObject(s, wrappingKey) } catch {}
       }

@@ -263,6 +263,21 @@ export class Pkcs11Token implements Token {
     return await this.run('random', async (s, p) => plain(p.C_GenerateRandom(s, Buffer.alloc(length))))
   }
 
+  /**
+   * Raw session access for what the Token interface does not offer (key pairs, C_WrapKey and
+   * C_UnwrapKey, non-extractable keys): one operation on a pooled, logged-in session, with this
+   * token's error mapping, retry and fault injection. Object handles made inside are valid in
+   * this module generation only: find the object again (findSecretKeys) to keep one.
+   */
+  async withSession<T> (op: string, fn: (s: Handle, p: LoadedModule['pkcs11']) => Promise<T>): Promise<T> {
+    return await this.run(op, fn)
+  }
+
+  /** withSession on a key this token lent out: `raw` is its handle in the module as it is now (re-found after a re-initialisation). */
+  async withKey<T> (op: string, key: KeyHandle, fn: (s: Handle, p: LoadedModule['pkcs11'], raw: Buffer) => Promise<T>): Promise<T> {
+    return await this.runOnKey(op, key, async (s, p) => await fn(s, p, this.raw(s, p, key)))
+  }
+
   /** Wait for running operations, close the sessions (logging out with the last one), release the module. */
   async close (): Promise<void> {
     this.closing ??= (async () => {

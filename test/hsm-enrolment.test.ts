@@ -1,9 +1,11 @@
 import t from 'tap'
-import { generateKeyPairSync } from 'node:crypto'
+import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { renameSync } from 'node:fs'
+import { join } from 'node:path'
 import pkcs11js from 'pkcs11js'
 import {
   DeviceVault, DEVICE_KEY_LABEL, EnrolmentStateError, InvalidKeyArgumentError, KeyCustodyError, KeyHierarchy,
-  MemoryKeyRecordStore, Pkcs11Token, SealedDataError, TeamDestroyedError, TeamDisabledError, TokenEnrolment
+  MemoryKeyRecordStore, Pkcs11Token, SealedDataError, TeamDestroyedError, TeamDisabledError, TokenEnrolment, TokenUnavailableError
 } from '../hsm/index.js'
 import type { KeyRecordStore, WrappedTek } from '../hsm/index.js'
 import { sessionRunner } from '../hsm/token-session.js'
@@ -199,4 +201,34 @@ t.test('device vault: seal/open with AAD, tamper and wrong context refused, key 
   // A second instance (daemon restart) finds the same key; another token's vault cannot open it.
   t.same(await new DeviceVault({ token: tk }).open(blob, aad), secret)
   await t.rejects(new DeviceVault({ token: await token(t) }).open(blob, aad), SealedDataError)
+})
+
+t.test('device vault: its key stays right across a module re-initialisation (the token went away and came back)', async t => {
+  const tok = await makeToken(t)
+  const tk = await openToken(tok)
+  t.teardown(async () => { await tk.close() })
+  const aad = new TextEncoder().encode('strata/test/v1')
+  const secret = new Uint8Array(randomBytes(32))
+  // Keys made before and after the device key, so that the re-initialised module numbers them afresh.
+  for (let i = 0; i < 4; i++) await tk.generateSecretKey({ label: `before-${i}`, id: new Uint8Array([i]) })
+  const vault = new DeviceVault({ token: tk })
+  const blob = await vault.seal(secret, aad)
+  for (let i = 0; i < 4; i++) await tk.generateSecretKey({ label: `after-${i}`, id: new Uint8Array([i]) })
+  const dir = join(tok.dir, 'tokens')
+  renameSync(dir, `${dir}.away`)
+  let restored = false
+  t.teardown(() => { if (!restored) renameSync(`${dir}.away`, dir) })
+  await t.rejects(vault.open(blob, aad), TokenUnavailableError, 'the token is gone')
+  renameSync(`${dir}.away`, dir)
+  restored = true
+  let back: Uint8Array | undefined
+  for (let i = 0; i < 100 && back === undefined; i++) {
+    back = await vault.open(blob, aad).catch(async (err: unknown) => {
+      if (!(err instanceof TokenUnavailableError)) throw err
+      await new Promise(resolve => setTimeout(resolve, 100))
+      return undefined
+    })
+  }
+  t.same(back, secret, 'what was sealed before opens after the re-initialisation')
+  t.same(await new DeviceVault({ token: tk }).open(await vault.seal(secret, aad), aad), secret, 'and what is sealed after is under the same key')
 })
