@@ -49,6 +49,8 @@ export interface SyncConfig {
 export interface JoinBundle extends TeamBundle { team: TeamFile }
 
 const TEAM_FILE = 'team.json'
+/** How long a fetched block may wait for a change set naming it before the GC may delete it. */
+const FETCHED_GRACE_MS = 10 * 60_000
 
 export async function readTeamFile (dataDir: string): Promise<TeamFile | undefined> {
   let raw: string
@@ -164,7 +166,12 @@ export class SyncNode {
     const invites = new InviteBook({ store: sub('invites') }, { teamId: team.id, peerId: self, addresses: () => node.getMultiaddrs().map(a => a.toString()) })
     const logSync = logSyncForNode(node, { logs, devices })
     // The exchange sees the store through RepairBlockStore so that a damaged copy can be fetched again.
-    const repairStore = new RepairBlockStore(strata.blocks)
+    // A block stored before the change set that names it (prefetched while its file was being
+    // written, or fetched for an entry a later one overtook) is garbage if none ever does: the GC
+    // checks each one FETCHED_GRACE_MS later and deletes it then if nothing references it.
+    const repairStore = new RepairBlockStore(strata.blocks, id => {
+      strata.vol.collectLater(id, FETCHED_GRACE_MS).catch(err => { log.error('queueing fetched block %s for the GC failed: %e', Buffer.from(id).toString('hex'), err) })
+    })
     const blocks = new BlockExchange({ node, store: repairStore, allowPeer: id => devices.isMember(id), logger: lg })
     const dialer = new PeerDialer({ node, logger: lg }, { allowPeer: id => devices.isMember(id), backoffMaxMs: 10_000 })
     const box: { service?: SyncService } = {}

@@ -13,12 +13,14 @@ export class RepairBlockStore implements BlockStore {
   /** Hex ids being fetched again. */
   readonly repairing = new Set<string>()
 
-  constructor (private readonly inner: BlockStore) {}
+  /** `onStored`: told of every block stored through this (fetched, prefetched or repaired). */
+  constructor (private readonly inner: BlockStore, private readonly onStored?: (id: Uint8Array) => void) {}
 
   async put (id: Uint8Array, bytes: Uint8Array, options?: { verified?: boolean }): Promise<void> {
     // repair() verifies the hash itself whatever the caller says: it replaces existing bytes.
     if (this.repairing.has(hex(id))) await this.inner.repair(id, bytes)
     else await this.inner.put(id, bytes, options)
+    this.onStored?.(id)
   }
 
   async has (id: Uint8Array): Promise<boolean> {

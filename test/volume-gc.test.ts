@@ -3,6 +3,7 @@
  * blocks nothing references are collected, and nothing still referenced is.
  */
 import t from 'tap'
+import { createHash } from 'node:crypto'
 import { makeVolume } from './helpers/volume.js'
 import { ROOT_INO } from '../fs/volume/types.js'
 import {
@@ -155,4 +156,28 @@ t.test('garbage awaiting collection: fsck ok, and gc leaves no orphan block', as
   await vol.gc()
   const r2 = await fsck(vol)
   t.same(r2.problems, [], 'after gc not even an orphan block is left')
+})
+
+t.test('a block stored ahead of its change set (fetched from a peer) is collected after its grace time only if nothing names it', async t => {
+  const tv = await makeVolume(t, { blockSize: SMALL_BS })
+  const vol = tv.vol
+  const b0 = await blockCount(vol)
+  // A block a peer announced and this device prefetched, whose file then changed: nothing will name it.
+  const stray = Buffer.from(prng('stray', 4096))
+  const strayId = createHash('sha256').update(stray).digest()
+  await vol.blocks.put(strayId, stray, { verified: true })
+  // A fetched block that the change set then names: written here as a file with the same block.
+  const file = await writeFile(vol, ROOT_INO, 'named', prng('named', SMALL_BS))
+  const [named] = await vol.blockList(file.ino)
+  if (named === undefined) throw new Error('no block')
+  await vol.collectLater(strayId, 400)
+  await vol.collectLater(Buffer.from(named.id, 'hex'), 400)
+  t.equal((await vol.gc()).blocksDeleted, 0, 'within the grace time nothing is deleted')
+  t.ok(await vol.blocks.has(strayId), 'the stray block is still there')
+  t.ok((await fsck(vol)).ok, 'fsck counts a queued block as no problem')
+  await new Promise(resolve => setTimeout(resolve, 500))
+  await vol.gc() // the GC the volume scheduled for then may have run already
+  t.notOk(await vol.blocks.has(strayId), 'after it, the unnamed block is deleted')
+  t.ok((await readWhole(vol, file.ino)).equals(prng('named', SMALL_BS)), 'the named one stays')
+  t.equal(await blockCount(vol), b0 + 1)
 })

@@ -161,6 +161,7 @@ export class StrataVolume implements Volume {
   private readonly background = new Set<Promise<unknown>>()
   private timer: NodeJS.Timeout | undefined
   private gcTimer: NodeJS.Timeout | undefined
+  private gcAt = 0
   private closed = false
 
   private constructor (components: VolumeComponents, init: VolumeInit, header: Header) {
@@ -1397,12 +1398,19 @@ export class StrataVolume implements Volume {
     }
   }
 
-  private scheduleGc (): void {
-    if (this.gcTimer !== undefined || this.closed) return
+  /** Run the GC in `ms` (or sooner, if it is due sooner already). */
+  private scheduleGc (ms = 1000): void {
+    if (this.closed) return
+    const at = Date.now() + ms
+    if (this.gcTimer !== undefined) {
+      if (this.gcAt <= at) return
+      clearTimeout(this.gcTimer)
+    }
+    this.gcAt = at
     this.gcTimer = setTimeout(() => {
       this.gcTimer = undefined
       this.track(this.gc().catch(err => { this.onBackgroundError('gc', err as Error); throw err }))
-    }, 1000)
+    }, ms)
     this.gcTimer.unref()
   }
 
@@ -1419,25 +1427,46 @@ export class StrataVolume implements Volume {
     return this.inflight.has(id)
   }
 
+  /**
+   * Queue a block stored for a change set yet to come (fetched or prefetched from a peer, or
+   * repaired) for the GC, to be checked no sooner than `afterMs` from now: if nothing references
+   * it by then (the file was rewritten or deleted before its change set arrived), it is deleted.
+   */
+  async collectLater (id: Uint8Array, afterMs: number): Promise<void> {
+    const notBefore = Buffer.alloc(8)
+    notBefore.writeBigUInt64BE(BigInt(Date.now() + afterMs))
+    await this.meta.write([{ type: 'put', key: K.gc('-', Buffer.from(id).toString('hex')), value: notBefore }])
+    this.scheduleGc(afterMs)
+  }
+
   private async _gc (): Promise<{ blocksDeleted: number }> {
     let blocksDeleted = 0
+    let later = Infinity
     const done: BatchOp[] = []
-    for await (const key of this.meta.meta.keys({ gte: 'g/', lt: 'g/\xff' })) {
+    for await (const [key, value] of this.meta.meta.iterator({ gte: 'g/', lt: 'g/\xff' })) {
       const [, ns, id] = key.split('/')
       if (ns === undefined || id === undefined || !/^[0-9a-f]{64}$/.test(id)) { done.push({ type: 'del', key }); continue }
       if (this.inflight.has(id)) continue
+      // A candidate queued by collectLater waits for its time.
+      const notBefore = value.byteLength === 8 ? Number(Buffer.from(value.buffer, value.byteOffset, 8).readBigUInt64BE()) : 0
+      if (notBefore > Date.now()) { later = Math.min(later, notBefore); continue }
       const spaces = ns === '-' ? await this.keys.namespaces() : [ns]
-      let referenced = false
-      for (const n of spaces) if (await this.meta.meta.get(K.blockKey(n, id)) !== undefined) referenced = true
-      if (!referenced) {
-        await this.blocks.del(Buffer.from(id, 'hex'))
-        this.cache.delete(id)
-        blocksDeleted++
-      }
+      // Checked and deleted under the metadata lock: a remote file that names the block
+      // (replaceContent) either commits first and is seen, or finds the block gone and waits.
+      await this.lock.run(async () => {
+        let referenced = false
+        for (const n of spaces) if (await this.meta.meta.get(K.blockKey(n, id)) !== undefined) referenced = true
+        if (!referenced) {
+          await this.blocks.del(Buffer.from(id, 'hex'))
+          this.cache.delete(id)
+          blocksDeleted++
+        }
+      })
       done.push({ type: 'del', key })
     }
     await this.meta.write(done, { frees: true })
     if (blocksDeleted > 0) await this.blocks.compact()
+    if (later !== Infinity) this.scheduleGc(Math.max(1000, later - Date.now()))
     return { blocksDeleted }
   }
 
