@@ -1301,11 +1301,12 @@ export class StrataVolume implements Volume {
         const ops: BatchOp[] = []
         const refs = new RefBatch(this.meta, inode.ns)
         // The metadata batch goes first and the cached inode, manifest and dirty blocks change
-        // only once it is stored: a failed batch (a full disk) leaves the file as it was.
-        const next: Inode = { ...inode, size }
+        // only once it is stored: a failed batch (a full disk) leaves the file as it was. The new
+        // inode is made under the metadata lock, from the inode as other operations left it.
         if (size < inode.size) {
           const manifest: Array<[number, ManifestEntry | null]> = []
           await this.lock.run(async () => {
+            const next: Inode = { ...inode, size }
             for await (const [key, value] of this.meta.range(K.manifestPrefix(ino))) {
               const idx = parseInt(key.slice(key.lastIndexOf('/') + 1), 16)
               const { body } = await this.meta.open(key, value)
@@ -1334,6 +1335,7 @@ export class StrataVolume implements Volume {
           freed = refs.freed.length > 0
         } else if (size > inode.size) {
           await this.lock.run(async () => {
+            const next: Inode = { ...inode, size }
             this.touch(next, { m: true })
             await this.meta.write([await this.inodeOp(next)])
             Object.assign(inode, next)

@@ -4,7 +4,7 @@
  * the proxy (B listens nowhere, so A cannot dial it directly), which the proxy can cut or drop.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, readdirSync, rmSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { sh, type Drive } from '../../../test/helpers/mount.js'
 import { firstDrive, ok, same, status, until } from '../../../test/helpers/team.js'
@@ -64,6 +64,20 @@ async function listing (d: Drive): Promise<string> {
   return (await sh(`cd "${d.mnt}" && find . -mindepth 1 -printf '%y %P %s\\n' | sort`)).stdout
 }
 
+/** What differs between two devices, and what B's sync says, for a failure message. */
+async function divergence (a: Drive, b: Drive): Promise<string> {
+  const [la, lb] = [new Set((await listing(a)).split('\n')), new Set((await listing(b)).split('\n'))]
+  const onlyA = [...la].filter(l => !lb.has(l)).slice(0, 6)
+  const onlyB = [...lb].filter(l => !la.has(l)).slice(0, 6)
+  const st = (await daemonStatus(b).catch((err: Error) => ({ sync: { error: err.message } }))).sync ?? {}
+  const errors = (d: Drive): string => {
+    try {
+      return readFileSync(join(d.dataDir, 'strata.log'), 'utf8').split('\n').filter(l => / (error|warn) /.test(l)).slice(-4).join(' | ')
+    } catch { return '' }
+  }
+  return `only on A: ${JSON.stringify(onlyA)}; only on B: ${JSON.stringify(onlyB)}; B sync: ${JSON.stringify({ peers: st.peers, apply: st.apply, logProblems: st.logProblems, replicaPending: st.replicaPending, blocks: st.blocks, log: st.log })}; A errors: ${errors(a)}; B errors: ${errors(b)}`
+}
+
 /** Write `files` one after another (each fsync'ed) until one fails; the acknowledged ones. */
 async function writeUntilFailure (dir: string, files: Array<{ name: string, bytes: Buffer }>): Promise<Acked[]> {
   const acked: Acked[] = []
@@ -114,7 +128,7 @@ const peerKilledMidTransfer: Scenario<Pair> = {
       (async () => await until(async () => await listing(a) === await listing(b), 120_000) && await until(same(a, b), 30_000))()
     ])
     ctx.check(lost.length === 0, `A lost fsync-acknowledged files across SIGKILL: ${lost.join('; ')}`)
-    ctx.check(converged, 'B did not converge with A within 150 s after A restarted')
+    if (!converged) ctx.fail(`B did not converge with A within 150 s after A restarted: ${await divergence(a, b)}`)
     ctx.log(`${el()}: ${acked.length} acknowledged files intact on A, B converged`)
     await Promise.all([daemonFsckClean(ctx, a, 'A'), daemonFsckClean(ctx, b, 'B')])
     ctx.log(`${el()}: fsck clean on both`)
