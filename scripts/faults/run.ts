@@ -59,6 +59,7 @@ async function main (): Promise<void> {
   const list = chosen(o)
   process.stdout.write(`faults: ${list.length} scenarios, ${o.quick ? 'quick' : 'full'} run, seed ${o.seed} (replay: npm run faults -- ${o.quick ? '--quick ' : ''}--seed ${o.seed})\n`)
   let passed = 0; let failed = 0
+  const runStarted = Date.now()
   for (const s of list) {
     const iterations = s.randomised === true ? (o.iterations ?? (o.quick ? 1 : FULL_ITERATIONS)) : 1
     const started = Date.now()
@@ -69,12 +70,14 @@ async function main (): Promise<void> {
     if (failure === undefined) {
       passed++
       process.stdout.write(`PASS ${s.name}\n`)
-      if (o.verbose || iterations > 1) process.stdout.write(`  (${iterations} iteration${iterations > 1 ? 's' : ''}, ${secs} s)\n`)
+      process.stdout.write(`  (${iterations > 1 ? `${iterations} iterations, ` : ''}${secs} s)\n`)
     } else {
       failed++
       process.stdout.write(`FAIL ${s.name}: ${failure.replace(/\s*\n\s*/g, ' ')}\n`)
     }
   }
+  const total = Math.round((Date.now() - runStarted) / 1000)
+  process.stdout.write(`faults: ${list.length} scenarios in ${Math.floor(total / 60)} min ${total % 60} s\n`)
   process.stdout.write(`${passed} passed, ${failed} failed\n`)
   process.exitCode = failed === 0 ? 0 : 1
 }

@@ -295,7 +295,7 @@ const crashDuringNekRotation: Scenario<RotationShared> = {
     // 64 KiB blocks: many block keys to re-wrap for little data.
     const d = await makeDrive(ctx, { init: ['--block-size', '65536'] })
     const big = join(d.mnt, 'big')
-    const want = await writeRandom(big, 32 * MIB)
+    const want = await writeRandom(big, 16 * MIB) // 256 block keys
     const ns = ((await daemonStatus(d)).namespaces as string[])[0] as string
     // A new volume's namespace keys start at version 1.
     return { d, ns, big, want, version: 1, rounds: [] }
@@ -346,7 +346,7 @@ const crashDuringBlockExchange: Scenario<ExchangeShared> = {
     return { a, b: await joinDrive(ctx, a, 'b'), rounds: [] }
   },
   run: async (ctx, { a, b, rounds }) => {
-    const mib = 16
+    const mib = 8 // eight blocks: enough to tell a resumed fetch from one that started over
     const total = mib * MIB
     const name = `big${ctx.iteration}`
     // B's counter runs since its daemon started (the restart of the iteration before): count from here.

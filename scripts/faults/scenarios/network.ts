@@ -109,7 +109,7 @@ const peerKilledMidTransfer: Scenario<Pair> = {
     // kill lands at a random instant of that stream. Each iteration writes its own directory.
     const dir = join(a.mnt, `it-${ctx.iteration}`)
     mkdirSync(dir)
-    const files = Array.from({ length: ctx.rng.int(3, 6) }, (_, i) => ({ name: `f${i + 1}`, bytes: randomBytes(4 * MiB) }))
+    const files = Array.from({ length: ctx.rng.int(2, 5) }, (_, i) => ({ name: `f${i + 1}`, bytes: randomBytes(4 * MiB) }))
     const writer = writeUntilFailure(dir, files)
     const delay = ctx.rng.int(0, 1500)
     await new Promise(resolve => setTimeout(resolve, delay))
