@@ -280,8 +280,10 @@ t.test('garbage on the enrol protocol never crashes the server', async t => {
   const target = a.node.getMultiaddrs()
   const send = async (bytes: Uint8Array[], closeWrite = true): Promise<void> => {
     const stream = await m.node.dialProtocol(target, ENROL_PROTOCOL)
-    for (const b of bytes) stream.send(b)
+    // The server may close the stream after the first bad bytes: a send after that throws, which
+    // is the server doing its job (whether it crashed is checked below, by asking it again).
     try {
+      for (const b of bytes) stream.send(b)
       if (closeWrite) await stream.close()
       else stream.abort(new Error('mallory leaves'))
     } catch {}
