@@ -25,7 +25,25 @@ export function deriveNamespaceKeys (nmk: Uint8Array, namespace: string): Namesp
   return { record: derive('record'), name: derive('name'), dedup: derive('dedup'), log: derive('log') }
 }
 
-export function sealRecord (key: Uint8Array, aad: string, body: Uint8Array, random: RandomSource = randomBytes): Buffer {
+/**
+ * Random bytes for record nonces, taken from a pool refilled 8 KiB at a time: a metadata-heavy
+ * workload seals tens of records per file, and one `randomBytes` call per 12-byte nonce cost
+ * more than the AES-GCM of the record (0.56 s of 5.4 s of daemon CPU creating 2,000 small
+ * files). The bytes are the same CSPRNG output, each handed out once.
+ */
+const POOL_BYTES = 8192
+let pool = Buffer.alloc(0)
+let poolAt = 0
+
+export function pooledRandom (n: number): Buffer {
+  if (n > POOL_BYTES) return randomBytes(n)
+  if (poolAt + n > pool.length) { pool = randomBytes(POOL_BYTES); poolAt = 0 }
+  const out = Buffer.from(pool.subarray(poolAt, poolAt + n)) // a copy: callers may keep or zero it
+  poolAt += n
+  return out
+}
+
+export function sealRecord (key: Uint8Array, aad: string, body: Uint8Array, random: RandomSource = pooledRandom): Buffer {
   const nonce = random(NONCE_LEN)
   const c = createCipheriv('aes-256-gcm', key, nonce)
   c.setAAD(Buffer.from(aad))

@@ -518,6 +518,7 @@ export class StrataVolume implements Volume {
       ops.push(await this.inodeOp(inode), await this.fidOp(inode), await this.direntOp(dir, { name: n, ino, type }), await this.inodeOp(dir))
       await this.meta.write(ops)
       this.inodes.set(ino, inode)
+      this.knowNoXattrs(ino) // a new inode has none (inode numbers are never reused)
       return inode
     })
   }
@@ -773,9 +774,13 @@ export class StrataVolume implements Volume {
   private async hasXattrs (ino: number): Promise<boolean> {
     if (this.noXattrs.has(ino)) return false
     for await (const _ of this.meta.meta.keys({ gte: K.xattrPrefix(ino), lt: K.xattrPrefix(ino) + '\xff', limit: 1 })) return true
+    this.knowNoXattrs(ino)
+    return false
+  }
+
+  private knowNoXattrs (ino: number): void {
     if (this.noXattrs.size > 100_000) this.noXattrs.clear()
     this.noXattrs.add(ino)
-    return false
   }
 
   async getxattr (ino: number, name: string): Promise<Buffer> {
@@ -792,6 +797,7 @@ export class StrataVolume implements Volume {
   async listxattr (ino: number): Promise<string[]> {
     await this.getInode(ino)
     const out: string[] = []
+    if (!await this.hasXattrs(ino)) return out
     for await (const [key, value] of this.meta.range(K.xattrPrefix(ino))) {
       const { body } = await this.meta.open(key, value)
       out.push(decodeXattr(key, body).name)
