@@ -98,6 +98,13 @@ export class Daemon {
 
   async start (): Promise<void> {
     const { dataDir } = this.options
+    // A stray error of one connection or request must not take the drive down with it (every
+    // application using the mount would get ENOTCONN, and peers lose the device): it is logged
+    // with its stack, as the bug it is, and the daemon goes on. Stored data is safe either way:
+    // every change is one LevelDB batch.
+    const stack = (err: unknown): string => err instanceof Error ? (err.stack ?? `${err.name}: ${err.message}`).replace(/\n\s*/g, ' | ') : String(err)
+    process.on('unhandledRejection', err => { this.log.error('BUG: unhandled rejection, the daemon keeps running: %s', stack(err)) })
+    process.on('uncaughtException', err => { this.log.error('BUG: uncaught exception, the daemon keeps running: %s', stack(err)) })
     const running = await readDaemonInfo(dataDir)
     if (running !== undefined && running.pid !== process.pid) {
       throw new DaemonError('ERR_VOLUME_BUSY', `the volume in ${dataDir} is already mounted at ${running.mountpoint} by strata daemon pid ${running.pid}`)

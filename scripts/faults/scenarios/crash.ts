@@ -102,10 +102,13 @@ const FUSE_MAX_WRITE = 128 * 1024
  * A write() the kernel split into several requests returns instead the bytes of those done
  * before the kill, which ack-writer.py reports as "EIO short write": allowed for such records.
  */
-function checkDisconnected (ctx: FaultContext, lines: string[], who: string, recordSize = 0): void {
+function checkDisconnected (ctx: FaultContext, d: Drive, lines: string[], who: string, recordSize = 0): void {
   const err = lines.find(l => l.startsWith('ERR ')) ?? `(no ERR line: ${lines.slice(-3).join(' | ')})`
   const split = recordSize > FUSE_MAX_WRITE && /^ERR 5 EIO short write of \d+ bytes/.test(err)
-  ctx.check(split || /^ERR \d+ (ENOTCONN|ECONNABORTED) /.test(err), `${who} failed with something else than ENOTCONN/ECONNABORTED: ${err}`)
+  if (split || /^ERR \d+ (ENOTCONN|ECONNABORTED) /.test(err)) return
+  // An error the daemon answered before it was killed: its log says why.
+  const logged = readFileSync(join(d.dataDir, 'strata.log'), 'utf8').split('\n').filter(l => / error /.test(l)).slice(-5).join(' | ')
+  ctx.fail(`${who} failed with something else than ENOTCONN/ECONNABORTED: ${err}; the daemon's last errors: ${logged}`)
 }
 
 /** What one iteration's writer left: its log and markers are named after the iteration. */
@@ -124,7 +127,7 @@ async function writeRound (ctx: FaultContext, d: Drive, size: number, target: nu
 
 /** After a kill: the killed writer failed as a client of a dead daemon should; keep its round and check every kept one. */
 function checkRounds (ctx: FaultContext, d: Drive, rounds: WriteRound[], w: Writer, size: number): void {
-  checkDisconnected(ctx, w.lines, 'the writer', size)
+  checkDisconnected(ctx, d, w.lines, 'the writer', size)
   keepRecent(rounds, { iteration: ctx.iteration, size, acked: w.acked() }, old => {
     const f = writerLog(d, old.iteration)
     rmSync(f.log)
@@ -253,7 +256,7 @@ const crashDuringRenames: Scenario<RenamesShared> = {
     const { seen, r, n } = await renameRound(ctx, root, ctx.rng.int(1, 40))
     await sleep(ctx.rng.int(0, 20))
     await killAndRestart(ctx, d, { clients: [r.exited] })
-    checkDisconnected(ctx, r.lines, 'the renamer')
+    checkDisconnected(ctx, d, r.lines, 'the renamer')
     const { acked, pending } = seen
     if (acked === undefined || pending === undefined) return ctx.fail('the renamer reported no state')
     const got = canonical(filesUnder(root))

@@ -4,7 +4,7 @@
  * the proxy (B listens nowhere, so A cannot dial it directly), which the proxy can cut or drop.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { sh, type Drive } from '../../../test/helpers/mount.js'
 import { firstDrive, ok, same, status, until } from '../../../test/helpers/team.js'
@@ -75,7 +75,13 @@ async function divergence (a: Drive, b: Drive): Promise<string> {
       return readFileSync(join(d.dataDir, 'strata.log'), 'utf8').split('\n').filter(l => / (error|warn) /.test(l)).slice(-4).join(' | ')
     } catch { return '' }
   }
-  return `only on A: ${JSON.stringify(onlyA)}; only on B: ${JSON.stringify(onlyB)}; B sync: ${JSON.stringify({ peers: st.peers, apply: st.apply, logProblems: st.logProblems, replicaPending: st.replicaPending, blocks: st.blocks, log: st.log })}; A errors: ${errors(a)}; B errors: ${errors(b)}`
+  const tail = (d: Drive): string => {
+    try {
+      return readFileSync(join(d.dataDir, 'strata.log'), 'utf8').split('\n').filter(l => !/^\s*$/.test(l) && !/strata:libp2p/.test(l)).slice(-12).join(' | ')
+    } catch { return '' }
+  }
+  const alive = (d: Drive): string => { const pid = d.pid(); return pid === undefined ? 'no pid' : `pid ${pid} ${existsSync(`/proc/${pid}`) ? 'alive' : 'gone'}` }
+  return `only on A: ${JSON.stringify(onlyA)}; only on B: ${JSON.stringify(onlyB)}; B sync: ${JSON.stringify({ error: st.error, peers: st.peers, apply: st.apply, logProblems: st.logProblems, replicaPending: st.replicaPending, blocks: st.blocks, log: st.log })}; A daemon ${alive(a)}, B daemon ${alive(b)}; A errors: ${errors(a)}; B errors: ${errors(b)}; B log tail: ${tail(b)}`
 }
 
 /** Write `files` one after another (each fsync'ed) until one fails; the acknowledged ones. */
