@@ -258,3 +258,25 @@ t.test('namespaces: rename across namespaces and unknown namespace', async t => 
   await t.rejects(rotateNek(v, 'no-such-namespace'), 'rotating an unknown namespace fails')
   t.same(damage(await fsck(v)), [])
 })
+
+t.test('a NEK zeroed between its lookup and its use (a rotation retiring it meanwhile) is looked up again: no EIO', async t => {
+  const tv = await makeVolume(t, { blockSize: 64 * KiB })
+  const vol = tv.vol
+  const data = prng('withdrawn', 100 * KiB)
+  const f = await writeFile(vol, ROOT_INO, 'f', data)
+  vol.forgetSecrets() // a cold read: the block key must be unwrapped again
+  await vol.getattr(f.ino) // the metadata keys are derived again here, before the fault below
+  // The key service hands out the cache's own NEK buffer; zero it (as a retirement does) right
+  // after the next lookup of a given version (the block read's), before the volume uses it.
+  const keys = vol.keys as { nek: (...a: any[]) => Promise<{ key: Uint8Array }>, clearCache: () => void }
+  const nek = keys.nek.bind(keys)
+  let withdrawn = 0
+  keys.nek = async (...a: any[]) => {
+    const n = await nek(...a)
+    if (a[1] !== undefined && withdrawn === 0) { withdrawn++; keys.clearCache() }
+    return n
+  }
+  t.teardown(() => { keys.nek = nek })
+  t.ok((await readWhole(vol, f.ino)).equals(data), 'the cold read returns the data')
+  t.equal(withdrawn, 1, 'the read met a zeroed key')
+})

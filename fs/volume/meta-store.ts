@@ -59,7 +59,13 @@ export class MetaStore {
       rec = await this.namespaceRecord(ns)
       nek = await this.keys.nek(ns, rec.v)
     }
-    const nmk = unwrapKey(nek.key, Buffer.from(rec.w, 'base64'), nmkAad(ns, rec.v))
+    let nmk = unwrapKey(nek.key, Buffer.from(rec.w, 'base64'), nmkAad(ns, rec.v))
+    if (nmk === undefined && withdrawn(nek.key)) {
+      // The borrowed NEK was zeroed before we used it (retired by a rotation): look it up again.
+      rec = await this.namespaceRecord(ns)
+      nek = await this.keys.nek(ns, rec.v)
+      nmk = unwrapKey(nek.key, Buffer.from(rec.w, 'base64'), nmkAad(ns, rec.v))
+    }
     if (nmk === undefined) throw new KeyCustodyError(K.namespace(ns), 'wrapped metadata key fails authentication')
     if (!kcvEqual(keyCheckValue(nmk), Buffer.from(rec.c, 'base64'))) {
       nmk.fill(0)
@@ -185,4 +191,14 @@ export class MetaStore {
    * synchronously after the commit; it must not throw or do I/O itself.
    */
   observer: ((ops: readonly BatchOp[]) => void) | undefined
+}
+
+/**
+ * A borrowed NEK is the cache's own buffer, zeroed when a rotation retires its version or the
+ * team is disabled; an `await` between its lookup and its use lets that happen. All zero means
+ * withdrawn (a real 256-bit key never is), not a custody failure: look it up again.
+ */
+export function withdrawn (key: Uint8Array): boolean {
+  for (const x of key) if (x !== 0) return false
+  return true
 }

@@ -21,7 +21,7 @@ import { guardFreeSpace } from '../store/disk-guard.js'
 import { CryptoPool } from './crypto-pool.js'
 import { BlockCache } from './block-cache.js'
 import { Mutex } from '../../hsm/mutex.js'
-import { MetaStore, type BatchOp } from './meta-store.js'
+import { MetaStore, withdrawn, type BatchOp } from './meta-store.js'
 import { RefBatch, bekAad, getBlockKey } from './block-keys.js'
 import { toName, XATTR_NAME_MAX, XATTR_SIZE_MAX } from './names.js'
 import {
@@ -893,8 +893,9 @@ export class StrataVolume implements Volume {
       try {
         return await this._loadBlock(ns, id)
       } catch (err) {
-        // A rotation retired the NEK version the record named after we read it: read it again.
-        if (!rotated && (err as Error).name === 'NamespaceKeyNotFoundError') { rotated = true; continue }
+        // A rotation retired the NEK version the record named after we read it (or zeroed the
+        // key we had borrowed, between its lookup and our use): read the record again.
+        if (!rotated && ((err as Error).name === 'NamespaceKeyNotFoundError' || err instanceof NekWithdrawnError)) { rotated = true; continue }
         if (repaired || this.blockRepair === undefined || !copyDamaged(err)) throw err
         repaired = true
         if (!await this.blockRepair(id, err as Error).catch(() => false)) throw err
@@ -915,6 +916,7 @@ export class StrataVolume implements Volume {
       if (bk === undefined) throw new RecordCorruptError(K.blockKey(ns, id), 'block key record is missing')
       const nek = await this.keys.nek(ns, bk.v)
       const bek = unwrapKey(nek.key, Buffer.from(bk.w, 'base64'), bekAad(ns, bk.v, id))
+      if (bek === undefined && withdrawn(nek.key)) throw new NekWithdrawnError()
       if (bek === undefined) throw new KeyCustodyError(K.blockKey(ns, id), 'wrapped block key fails authentication')
       if (!kcvEqual(keyCheckValue(bek), Buffer.from(bk.c, 'base64'))) { bek.fill(0); throw new KeyCustodyError(K.blockKey(ns, id), 'block key check value mismatch') }
       const idBuf = Buffer.from(id, 'hex')
@@ -1098,11 +1100,16 @@ export class StrataVolume implements Volume {
     return p
   }
 
-  private async commitBlock (inode: Inode, st: FileState, b: number, d: DirtyBlock, noDedup = false): Promise<void> {
+  private async commitBlock (inode: Inode, st: FileState, b: number, d: DirtyBlock, noDedup = false, attempt = 1): Promise<void> {
     const bek = randomBytes(32)
     let stored: string | undefined
     try {
       return await this._commitBlock(inode, st, b, d, noDedup, bek, id => { stored = id; this.inflight.add(id) })
+    } catch (err) {
+      // The NEK we borrowed was zeroed before we used it (a rotation retired its version): seal
+      // again under the current one. Nothing was stored under the zeroed key.
+      if (err instanceof NekWithdrawnError && attempt < 4) return await this.commitBlock(inode, st, b, d, noDedup, attempt + 1)
+      throw err
     } finally {
       bek.fill(0)
       if (stored !== undefined) this.inflight.delete(stored)
@@ -1123,6 +1130,7 @@ export class StrataVolume implements Volume {
     // The NEK is borrowed from the cache, which zeroes it on expiry: use it only synchronously.
     const nek = await this.keys.nek(ns)
     const nekVersion = nek.version
+    if (withdrawn(nek.key)) { sealed.release(); throw new NekWithdrawnError() }
     if (!kcvEqual(keyCheckValue(nek.key), nek.kcv)) throw new KeyCustodyError(`nek/${ns}/${nekVersion}`, 'namespace key fails its check value; nothing stored')
     if (dup === undefined) {
       this.init.custodyFaultHook?.('generated', K.blockKey(ns, id), bek)
@@ -1503,6 +1511,19 @@ export class StrataVolume implements Volume {
     return await this.lock.run(fn)
   }
 
+}
+
+/**
+ * A borrowed NEK whose bytes were zeroed between its lookup and its use: the cache hands out
+ * its own buffer and zeroes it when a rotation retires the version (or the team is disabled),
+ * and an `await` lets that run before the borrower's next line. Not a custody failure: look
+ * the key up again.
+ */
+class NekWithdrawnError extends Error {
+  constructor () {
+    super('the namespace key was withdrawn while in use')
+    this.name = 'NekWithdrawnError'
+  }
 }
 
 function validBlockSize (n: unknown): n is number {
