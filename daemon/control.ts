@@ -156,8 +156,9 @@ export async function readDaemonInfo (dataDir: string): Promise<DaemonInfo | und
     return undefined
   }
   if (typeof info.pid !== 'number' || typeof info.socket !== 'string') return undefined
-  if (!await processAlive(info.pid)) return undefined
-  if (typeof info.ticks === 'number' && await processStartTicks(info.pid) !== info.ticks) return undefined
+  const stat = await liveStat(info.pid)
+  if (stat === undefined) return undefined
+  if (typeof info.ticks === 'number' && startTicks(stat) !== info.ticks) return undefined
   return info
 }
 
@@ -172,20 +173,29 @@ async function procStat (pid: number): Promise<string[] | undefined> {
 }
 
 /** When a process started, in clock ticks after boot (field 22 of /proc/PID/stat). */
-export async function processStartTicks (pid: number): Promise<number | undefined> {
-  const ticks = Number((await procStat(pid))?.[19])
+function startTicks (stat: string[]): number | undefined {
+  const ticks = Number(stat[19])
   return Number.isSafeInteger(ticks) ? ticks : undefined
 }
 
-/** A process that exists and is not a zombie (killed but not yet reaped counts as dead). */
-export async function processAlive (pid: number): Promise<boolean> {
+export async function processStartTicks (pid: number): Promise<number | undefined> {
+  const stat = await procStat(pid)
+  return stat === undefined ? undefined : startTicks(stat)
+}
+
+/** The stat fields of a process that exists and is not a zombie (killed but not yet reaped counts as dead). */
+async function liveStat (pid: number): Promise<string[] | undefined> {
   try {
     process.kill(pid, 0)
   } catch {
-    return false
+    return undefined
   }
-  const state = (await procStat(pid))?.[0]
-  return state !== undefined && state !== 'Z'
+  const stat = await procStat(pid)
+  return stat !== undefined && stat[0] !== 'Z' ? stat : undefined
+}
+
+export async function processAlive (pid: number): Promise<boolean> {
+  return await liveStat(pid) !== undefined
 }
 
 export async function removeDaemonInfo (dataDir: string): Promise<void> {
