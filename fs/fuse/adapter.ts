@@ -38,6 +38,28 @@ const HIDDEN = /^\.fuse_hidden[0-9a-f]{16}$/
 const XATTR_CREATE = 1
 const O_ACCMODE = 3
 const XATTR_REPLACE = 2
+/** Every op is answered within this many ms (ETIMEDOUT), so an application never hangs. */
+const OP_TIMEOUT_MS = 30_000
+/** Largest read or write libfuse hands us (maxRead/maxWrite below). */
+const MAX_IO = 128 * 1024
+
+/** Reused MAX_IO buffers for read and write (a fresh one per op costs page faults). */
+class ScratchBuffers {
+  private readonly free: Buffer[] = []
+  take (n: number): Buffer {
+    return n <= MAX_IO ? (this.free.pop() ?? Buffer.allocUnsafeSlow(MAX_IO)) : Buffer.allocUnsafeSlow(n)
+  }
+
+  give (b: Buffer): void {
+    if (b.length === MAX_IO && this.free.length < 64) this.free.push(b)
+  }
+
+  /** Zero and drop the free buffers (they held file contents). */
+  clear (): void {
+    for (const b of this.free.splice(0)) b.fill(0)
+  }
+}
+
 /** Cached path → inode entries before the cache is dropped wholesale. */
 const PATH_CACHE_MAX = 200_000
 
@@ -64,6 +86,7 @@ export class FuseAdapter {
   /** Files libfuse "hid" because they were unlinked while open: path → inode. */
   private readonly hidden = new Map<string, number>()
   private fuse: Fuse | undefined
+  private readonly scratch = new ScratchBuffers()
 
   constructor (components: { volume: StrataVolume, logger: FuseLogger }, init: FuseAdapterInit) {
     this.vol = components.volume
@@ -119,9 +142,29 @@ export class FuseAdapter {
     fn().then(value => { cb(0, value) }, (err: unknown) => { cb(this.fail(op, path, err)) })
   }
 
-  /** read/write answer a byte count (or a negative errno) in the error position. */
-  private answerCount (op: string, path: string | null, cb: (n: number) => void, fn: () => Promise<number>): void {
-    fn().then(n => { cb(n) }, (err: unknown) => { cb(this.fail(op, path, err)) })
+  /**
+   * read/write: answer once, by OP_TIMEOUT_MS at the latest (ETIMEDOUT), with `deliver` run just
+   * before a successful answer and `done` once the volume has finished (also after a timeout).
+   */
+  private answerIo (op: string, path: string | null, cb: (n: number) => void, fn: () => Promise<number>, deliver: (n: number) => void, done: () => void): void {
+    let answered = false
+    const timer = setTimeout(() => {
+      answered = true
+      this.log.error('%s %s: no answer from the volume in %d ms, answering ETIMEDOUT', op, path ?? '(unlinked file)', OP_TIMEOUT_MS)
+      cb(-E.ETIMEDOUT)
+    }, OP_TIMEOUT_MS)
+    fn().then(n => {
+      if (answered) return
+      answered = true
+      clearTimeout(timer)
+      deliver(n)
+      cb(n)
+    }, (err: unknown) => {
+      if (answered) return
+      answered = true
+      clearTimeout(timer)
+      cb(this.fail(op, path, err))
+    }).finally(done)
   }
 
   ops (): FuseOps {
@@ -181,16 +224,19 @@ export class FuseAdapter {
           })
         })
       },
+      // buf is libfuse memory, freed once the op is answered, and an op is answered at its
+      // deadline even if the volume is still working (a stalled token): the volume works on a
+      // scratch buffer of ours, and buf is touched only synchronously, before answering.
       read: (path, fd, buf, len, pos, cb) => {
-        this.answerCount('read', path, cb, async () => {
-          const data = await vol.read(fd, pos, len)
-          data.copy(buf, 0, 0, data.length)
-          return data.length
-        })
+        const scratch = this.scratch.take(len)
+        this.answerIo('read', path, cb, async () => await vol.readInto(fd, pos, scratch.subarray(0, len)),
+          n => { scratch.copy(buf, 0, 0, n) }, () => { this.scratch.give(scratch) })
       },
       write: (path, fd, buf, len, pos, cb) => {
-        // buf is libfuse memory, valid until cb: the volume copies it before the promise settles.
-        this.answerCount('write', path, cb, async () => await vol.write(fd, pos, buf.subarray(0, len)))
+        const scratch = this.scratch.take(len)
+        buf.copy(scratch, 0, 0, len)
+        this.answerIo('write', path, cb, async () => await vol.write(fd, pos, scratch.subarray(0, len)),
+          () => {}, () => { this.scratch.give(scratch) })
       },
       flush: (path, fd, cb) => { this.answer('flush', path, cb, async () => { await vol.flush(fd) }) },
       fsync: (path, datasync, fd, cb) => { this.answer('fsync', path, cb, async () => { await vol.fsync(fd, datasync !== 0) }) },
@@ -304,8 +350,8 @@ export class FuseAdapter {
       // the hide-rename is turned into a real unlink instead (see rename).
       hardRemove: false,
       bigWrites: true,
-      maxWrite: 128 * 1024,
-      maxRead: 128 * 1024,
+      maxWrite: MAX_IO,
+      maxRead: MAX_IO,
       // libfuse2 gives each name of a hard-linked file its own kernel inode and cannot tell the
       // kernel to refresh the others: only uncached attributes show a link count change at once.
       attrTimeout: this.init.attrTimeout ?? 0,
@@ -317,7 +363,9 @@ export class FuseAdapter {
       subtype: 'strata',
       debug: this.init.debug === true,
       // FUSE ops must answer before fuse-native's timeout; a stalled token answers ETIMEDOUT.
-      timeout: 30_000
+      // read and write keep their own deadline (answerIo): fuse-native's would let a late
+      // completion touch the buffer libfuse freed when the timeout answered.
+      timeout: { default: OP_TIMEOUT_MS, read: false, write: false }
     }
   }
 
@@ -337,6 +385,7 @@ export class FuseAdapter {
       fuse.unmount(err => { if (err !== null) reject(err); else resolve() })
     })
     this.fuse = undefined
+    this.scratch.clear()
   }
 }
 

@@ -102,8 +102,8 @@ export class Replica {
     if (this.started) return
     this.started = true
     this.vol.meta.observer = this.observer
-    const first = await this.vol.meta.meta.get(SCANNED) === undefined
-    const crashed = await this.vol.meta.meta.get(RUNNING) !== undefined
+    const first = await this.vol.meta.raw(SCANNED) === undefined
+    const crashed = await this.vol.meta.raw(RUNNING) !== undefined
     if (first || crashed) {
       // Everything (first start), or everything again after a crash: changes committed to the
       // volume but not yet logged were only in memory. Unchanged objects hash alike and are

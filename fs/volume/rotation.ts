@@ -26,7 +26,7 @@ interface RotationRecord { from: number, to?: number }
 export async function rotateNek (vol: StrataVolume, ns: string, options: RotateNekOptions = {}): Promise<void> {
   const meta = vol.meta
   const rkey = K.rotation(ns)
-  const raw = await meta.meta.get(rkey)
+  const raw = await meta.raw(rkey)
   let rec: RotationRecord
   if (raw === undefined) {
     rec = { from: await vol.keys.currentNekVersion(ns) }
