@@ -1,6 +1,6 @@
 /** The hsm KeyRecordStore over a LevelDB sublevel (`keys`), so wrapped NEKs live with the volume. */
 import type { KeyRecordStore } from '../../hsm/types.js'
-import type { Sublevel } from './types.js'
+import { getFast, type Sublevel } from './types.js'
 
 export class LevelKeyRecordStore implements KeyRecordStore {
   /**
@@ -10,7 +10,7 @@ export class LevelKeyRecordStore implements KeyRecordStore {
   constructor (private readonly sub: Sublevel, private readonly beforeSync: () => Promise<void> = async () => {}) {}
 
   async get (key: string): Promise<Uint8Array | undefined> {
-    return await this.sub.get(key)
+    return await getFast(this.sub, key)
   }
 
   async put (key: string, value: Uint8Array): Promise<void> {

