@@ -47,7 +47,10 @@ if (storeKind !== 'log' && storeKind !== 'level') throw new Error('--store must 
 const CEILING_CHILD = process.env.STRATA_BENCH_CEILING === 'child'
 const root = CEILING_CHILD ? '' : mkdtempSync(join(tmpdir(), 'strata-bench-'))
 let peakRss = 0
-const sampler = setInterval(() => { peakRss = Math.max(peakRss, process.memoryUsage.rss()) }, 50)
+let phaseRss = 0
+const sampler = setInterval(() => { const r = process.memoryUsage.rss(); peakRss = Math.max(peakRss, r); phaseRss = Math.max(phaseRss, r) }, 50)
+/** Peak RSS in MiB since the last call (each phase's own peak). */
+const phasePeak = (): number => { const p = Math.max(phaseRss, process.memoryUsage.rss()); phaseRss = 0; return p / (1024 * 1024) }
 const mbps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000)
 const fmt = (n: number): string => n.toFixed(1)
 
@@ -216,12 +219,15 @@ async function main (): Promise<void> {
   await startCeiling()
   let s = await initStrata({ dataDir, blockStore: storeKind })
   await settle(500) // the crypto workers start on the same two cores
+  phasePeak()
   const w = await writeFile(s, 'big.bin', totalMib)
   await s.close()
+  const rssW = phasePeak()
   s = await openStrata({ dataDir })
   await settle(500)
   const r = await readFile(s, 'big.bin', totalMib)
   await s.close()
+  const rssR = phasePeak()
   const write = w.mbps
   const read = r.mbps
   const ceilW = w.ceiling
@@ -243,13 +249,15 @@ async function main (): Promise<void> {
     await c.close()
     rows.push([`volume write + fsync, 256 MiB (${other} block store)`, fmt(cw.durable), (cw.durable / ceil).toFixed(2)])
   }
+  phasePeak()
   const nek = await nekBurst()
+  const rssN = phasePeak()
   clearInterval(sampler)
   peakRss = Math.max(peakRss, process.memoryUsage.rss())
   for (const row of rows) console.log(`${(row[0] as string).padEnd(60)} ${(row[1] as string).padStart(8)} ${(row[2] as string).padStart(8)}`)
   console.log(`nek cache, 10,000 block reads in bursts over 3 namespaces: hits=${nek.hits} misses=${nek.misses} hit_rate=${(nek.rate * 100).toFixed(2)}% token_calls=${nek.tokenCalls} (cache period 60 s, run ${nek.seconds.toFixed(1)} s)`)
   console.log(`ceiling slices (MB/s): write ${w.slices.map(fmt).join(' ')} | read ${r.slices.map(fmt).join(' ')}`)
-  console.log(`peak rss: ${(peakRss / MIB).toFixed(0)} MiB`)
+  console.log(`peak rss: ${(peakRss / MIB).toFixed(0)} MiB (write ${rssW.toFixed(0)}, read ${rssR.toFixed(0)}, nek ${rssN.toFixed(0)})`)
   console.log(`store write=${fmt(write)} read=${fmt(read)} ceiling=${fmt(ceil)} write_ratio=${wRatio.toFixed(2)} read_ratio=${rRatio.toFixed(2)}`)
 }
 

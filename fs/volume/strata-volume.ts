@@ -991,8 +991,6 @@ export class StrataVolume implements Volume {
     const st = this.files.get(h.ino)
     const end = Math.min(inode.size, offset + out.length)
     if (end <= offset) return 0
-    // Zeros first: holes and the parts of blocks past their data are never copied into.
-    out.fill(0, 0, end - offset)
     const bs = this.blockSize
     const first = Math.floor(offset / bs)
     const last = Math.floor((end - 1) / bs)
@@ -1026,7 +1024,7 @@ export class StrataVolume implements Volume {
     for (;;) {
       const d = st?.dirty.get(b)
       if (d !== undefined) {
-        if (from < d.len) d.buf.copy(out, at, from, Math.min(to, d.len))
+        copyPadded(d.buf, d.len, from, to, out, at)
         return
       }
       const sealing = st?.sealing.get(b)
@@ -1034,9 +1032,9 @@ export class StrataVolume implements Volume {
       await sealing.catch(() => {})
     }
     const entry = await this.manifestEntry(inode, st, b)
-    if (entry === undefined || from >= entry.len) return // a hole, or past the block's data: zeros
-    const plain = await this.blockPlaintext(inode.ns, entry.id)
-    plain.copy(out, at, from, Math.min(to, entry.len))
+    // A hole, or past the block's data: zeros.
+    if (entry === undefined || from >= entry.len) { out.fill(0, at, at + to - from); return }
+    copyPadded(await this.blockPlaintext(inode.ns, entry.id), entry.len, from, to, out, at)
   }
 
   async write (fh: number, offset: number, data: Uint8Array): Promise<number> {
@@ -1581,6 +1579,13 @@ function validBlockSize (n: unknown): n is number {
 }
 
 /** Capacity of a dirty buffer that must hold `n` bytes: a power of two from 64 KiB to the block size. */
+/** Copy [from, to) of a block whose data is its first `len` bytes into out at `at`; zeros past len. */
+function copyPadded (src: Uint8Array, len: number, from: number, to: number, out: Uint8Array, at: number): void {
+  const stop = Math.min(to, len)
+  if (from < stop) Buffer.from(src.buffer, src.byteOffset, src.length).copy(out, at, from, stop)
+  if (to > Math.max(from, stop)) out.fill(0, at + Math.max(from, stop) - from, at + to - from)
+}
+
 /**
  * A write buffer's size: 64 KiB while the block's data fits (small files stay small), else a
  * whole block. Growing in steps (128, 256, 512 KiB) copied each block three times more and took
