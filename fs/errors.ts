@@ -12,7 +12,15 @@ export type PosixCode =
 export class FsError extends Error {
   readonly code: PosixCode
   constructor (code: PosixCode, message: string, options?: ErrorOptions) {
-    super(`${code}: ${message}`, options)
+    // An expected outcome (ENOENT for a lookup, ENODATA for an xattr the kernel asks for before
+    // every write), thousands a second: no stack trace, whose capture cost more than the op.
+    const limit = Error.stackTraceLimit
+    Error.stackTraceLimit = 0
+    try {
+      super(`${code}: ${message}`, options)
+    } finally {
+      Error.stackTraceLimit = limit
+    }
     this.name = 'FsError'
     this.code = code
   }

@@ -51,6 +51,20 @@ t.test('two identical 1 MiB files share their blocks; gc collects them once both
   t.not(a.ino, b.ino)
 })
 
+t.test('GC candidates still queued at close are collected soon after the next open', async t => {
+  const tv = await makeVolume(t, { blockSize: SMALL_BS })
+  const b0 = await blockCount(tv.vol)
+  await writeFile(tv.vol, ROOT_INO, 'a', prng('gc-after-open', 4 * SMALL_BS))
+  const b1 = await blockCount(tv.vol)
+  t.equal(b1 - b0, 4, 'the file stores 4 blocks')
+  await tv.vol.unlink(ROOT_INO, 'a')
+  await tv.reopen() // closes before the GC the unlink scheduled could run
+  t.equal(await blockCount(tv.vol), b1, 'right after the open the freed blocks are still stored')
+  const until = Date.now() + 30_000
+  while (await blockCount(tv.vol) !== b0 && Date.now() < until) await new Promise(resolve => setTimeout(resolve, 500))
+  t.equal(await blockCount(tv.vol), b0, 'the GC collected them after the open, with no further delete')
+})
+
 t.test('the default block size: a 1 MiB file twice is one block stored', async t => {
   const tv = await makeVolume(t)
   const vol = tv.vol

@@ -41,6 +41,8 @@ const READ_AHEAD = 4
 const SMALL_WRITE_BUFFER = 64 * 1024
 /** Files of at most this many blocks have their manifest read key by key (manifestEntries). */
 const SMALL_FILE_BLOCKS = 16
+/** A volume opened with GC candidates queued collects them this long after opening. */
+const GC_AFTER_OPEN_MS = 10_000
 const FORMAT = 1
 
 export interface VolumeComponents {
@@ -243,6 +245,9 @@ export class StrataVolume implements Volume {
       if (!Number.isSafeInteger(n) || n <= ROOT_INO) throw new RecordCorruptError(K.nextIno, 'inode counter is missing or malformed')
       vol.nextIno = n
       await vol.purgeOrphans()
+      // Candidates a crash left queued (a delete's freed blocks) would otherwise wait for the
+      // next delete to run the GC: collect them soon after the volume is up.
+      for await (const _ of vol.meta.meta.keys({ gte: 'g/', lt: 'g/\xff', limit: 1 })) vol.scheduleGc(GC_AFTER_OPEN_MS)
     } catch (err) {
       await vol.close().catch(() => {})
       throw err
