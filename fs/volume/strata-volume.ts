@@ -638,7 +638,7 @@ export class StrataVolume implements Volume {
 
   /**
    * Every stored manifest entry of an inode, with its key. A small file's are read key by key
-   * (through the record cache: a LevelDB iterator costs more than a dozen cached gets), and
+   * (synchronous gets: a LevelDB iterator costs more than a dozen of them), and
    * accepted only if their padded lengths add up to the inode's authenticated `stored` count,
    * which every commit updates in the same batch as the entry; else, and for large or sparse
    * files, a range scan finds them all (a LevelDB snapshot). Callers that need the small-file
