@@ -470,6 +470,14 @@ function segmentRecords (blocksDir: string): Array<{ file: string, offset: numbe
   return out
 }
 
+t.test('the log holds no libfuse debug output (the sync layer sets DEBUG with a "*")', async t => {
+  const d = await makeDrive(t)
+  await sh(`mkdir -p "${d.mnt}/dbg" && echo hi > "${d.mnt}/dbg/f" && cat "${d.mnt}/dbg/f" && ls -l "${d.mnt}/dbg" >/dev/null && sync`)
+  const log = readFileSync(join(d.dataDir, 'strata.log'), 'utf8')
+  t.match(log, /strata:sync/, 'sync ran in this daemon (it is what sets DEBUG)')
+  t.notMatch(log, /opcode: |^unique: \d+|FUSE library version/m, `no per-operation lines from libfuse:\n${log.slice(0, 600)}`)
+})
+
 t.test('errno: a corrupt block gives EIO and a log line naming the file; other files still read', async t => {
   const d = await makeDrive(t)
   const src = join(d.root, 'victim.src')

@@ -224,7 +224,7 @@ export class FuseAdapter {
           })
         })
       },
-      // buf is libfuse memory, freed once the op is answered, and an op is answered at its
+      // buf is libfuse memory, detached once the op is answered, and an op is answered at its
       // deadline even if the volume is still working (a stalled token): the volume works on a
       // scratch buffer of ours, and buf is touched only synchronously, before answering.
       read: (path, fd, buf, len, pos, cb) => {
@@ -363,8 +363,9 @@ export class FuseAdapter {
       subtype: 'strata',
       debug: this.init.debug === true,
       // FUSE ops must answer before fuse-native's timeout; a stalled token answers ETIMEDOUT.
-      // read and write keep their own deadline (answerIo): fuse-native's would let a late
-      // completion touch the buffer libfuse freed when the timeout answered.
+      // read and write keep their own deadline (answerIo) and work on scratch buffers: with
+      // fuse-native's, a write still running at its deadline saw libfuse's buffer detached
+      // (an empty view) from its next await on, and stopped part way.
       timeout: { default: OP_TIMEOUT_MS, read: false, write: false }
     }
   }
