@@ -43,6 +43,8 @@ const OP_TIMEOUT_MS = 30_000
 /** Largest read or write libfuse hands us (maxRead/maxWrite below). */
 const MAX_IO = 128 * 1024
 
+/** Free scratch buffers kept: more than the kernel has reads and writes in flight at once. */
+const MAX_SCRATCH = 16
 /** Reused MAX_IO buffers for read and write (a fresh one per op costs page faults). */
 class ScratchBuffers {
   private readonly free: Buffer[] = []
@@ -51,7 +53,7 @@ class ScratchBuffers {
   }
 
   give (b: Buffer): void {
-    if (b.length === MAX_IO && this.free.length < 64) this.free.push(b)
+    if (b.length === MAX_IO && this.free.length < MAX_SCRATCH) this.free.push(b)
   }
 
   /** Zero and drop the free buffers (they held file contents). */
