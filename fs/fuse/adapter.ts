@@ -8,6 +8,7 @@ import { constants as C } from 'node:fs'
 import { constants as OS } from 'node:os'
 import { loadFuseNative, type Fuse, type FuseCaller, type FuseOps, type FuseOptions, type FuseStat, type FuseUtime } from './native/fuse-native.js'
 import { toErrno } from './errno.js'
+import { BufferPool } from '../volume/buffer-pool.js'
 import { ROOT_INO, type Attr, type FileType } from '../volume/types.js'
 import type { StrataVolume } from '../volume/strata-volume.js'
 
@@ -45,22 +46,6 @@ const MAX_IO = 128 * 1024
 
 /** Free scratch buffers kept: more than the kernel has reads and writes in flight at once. */
 const MAX_SCRATCH = 16
-/** Reused MAX_IO buffers for read and write (a fresh one per op costs page faults). */
-class ScratchBuffers {
-  private readonly free: Buffer[] = []
-  take (n: number): Buffer {
-    return n <= MAX_IO ? (this.free.pop() ?? Buffer.allocUnsafeSlow(MAX_IO)) : Buffer.allocUnsafeSlow(n)
-  }
-
-  give (b: Buffer): void {
-    if (b.length === MAX_IO && this.free.length < MAX_SCRATCH) this.free.push(b)
-  }
-
-  /** Zero and drop the free buffers (they held file contents). */
-  clear (): void {
-    for (const b of this.free.splice(0)) b.fill(0)
-  }
-}
 
 /** Cached path → inode entries before the cache is dropped wholesale. */
 const PATH_CACHE_MAX = 200_000
@@ -88,7 +73,8 @@ export class FuseAdapter {
   /** Files libfuse "hid" because they were unlinked while open: path → inode. */
   private readonly hidden = new Map<string, number>()
   private fuse: Fuse | undefined
-  private readonly scratch = new ScratchBuffers()
+  /** Reused MAX_IO buffers for read and write (a fresh one per op costs page faults). */
+  private readonly scratch = new BufferPool({ size: MAX_IO, maxFree: MAX_SCRATCH })
 
   constructor (components: { volume: StrataVolume, logger: FuseLogger }, init: FuseAdapterInit) {
     this.vol = components.volume
@@ -169,6 +155,11 @@ export class FuseAdapter {
     }).finally(done)
   }
 
+  /** A scratch buffer of `len` bytes (libfuse never asks for more than MAX_IO). */
+  private scratchOf (len: number): Buffer {
+    return len <= MAX_IO ? Buffer.from(this.scratch.take(), 0, len) : Buffer.allocUnsafeSlow(len)
+  }
+
   ops (): FuseOps {
     const vol = this.vol
     const caller = (c: FuseCaller): { uid: number, gid: number } => ({ uid: c.uid, gid: c.gid })
@@ -230,14 +221,14 @@ export class FuseAdapter {
       // deadline even if the volume is still working (a stalled token): the volume works on a
       // scratch buffer of ours, and buf is touched only synchronously, before answering.
       read: (path, fd, buf, len, pos, cb) => {
-        const scratch = this.scratch.take(len)
-        this.answerIo('read', path, cb, async () => await vol.readInto(fd, pos, scratch.subarray(0, len)),
+        const scratch = this.scratchOf(len)
+        this.answerIo('read', path, cb, async () => await vol.readInto(fd, pos, scratch),
           n => { scratch.copy(buf, 0, 0, n) }, () => { this.scratch.give(scratch) })
       },
       write: (path, fd, buf, len, pos, cb) => {
-        const scratch = this.scratch.take(len)
+        const scratch = this.scratchOf(len)
         buf.copy(scratch, 0, 0, len)
-        this.answerIo('write', path, cb, async () => await vol.write(fd, pos, scratch.subarray(0, len)),
+        this.answerIo('write', path, cb, async () => await vol.write(fd, pos, scratch),
           () => {}, () => { this.scratch.give(scratch) })
       },
       flush: (path, fd, cb) => { this.answer('flush', path, cb, async () => { await vol.flush(fd) }) },

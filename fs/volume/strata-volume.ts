@@ -392,8 +392,7 @@ export class StrataVolume implements Volume {
     const out: SyncBlock[] = []
     // A small file's entries are read one by one: under the lock, so no commit lands between
     // them. A large file's range scan reads a LevelDB snapshot and needs no lock.
-    const small = inode.type === 'file' && Math.ceil(inode.size / this.blockSize) <= SMALL_FILE_BLOCKS
-    const entries = small ? await this.lock.run(async () => await this.manifestEntries(inode)) : await this.manifestEntries(inode)
+    const entries = this.smallManifest(inode) ? await this.lock.run(async () => await this.manifestEntries(inode)) : await this.manifestEntries(inode)
     for (const [key, m] of entries) {
       const k = await getBlockKey(this.meta, inode.ns, m.id)
       if (k === undefined) throw new RecordCorruptError(K.blockKey(inode.ns, m.id), 'a manifest names a block without a key record')
@@ -644,10 +643,14 @@ export class StrataVolume implements Volume {
    * files, a range scan finds them all (a LevelDB snapshot). Callers that need the small-file
    * path consistent hold the metadata lock.
    */
+  private smallManifest (inode: Inode): boolean {
+    return inode.type === 'file' && Math.ceil(inode.size / this.blockSize) <= SMALL_FILE_BLOCKS
+  }
+
   private async manifestEntries (inode: Inode): Promise<Array<[string, ManifestEntry]>> {
     const out: Array<[string, ManifestEntry]> = []
-    const n = Math.ceil(inode.size / this.blockSize)
-    if (inode.type === 'file' && n <= SMALL_FILE_BLOCKS) {
+    if (this.smallManifest(inode)) {
+      const n = Math.ceil(inode.size / this.blockSize)
       let sum = 0
       for (let i = 0; i < n; i++) {
         const key = K.manifest(inode.ino, i)
