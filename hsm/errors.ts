@@ -92,6 +92,19 @@ export class TokenError extends HsmError {
 }
 
 /**
+ * The PKCS#11 module ended (or hung) a process that did nothing but initialise it, so it was not
+ * initialised in this one (see module-probe.ts): SoftHSM2 exits on a damaged object file.
+ */
+export class ModuleProbeError extends TokenError {
+  constructor (modulePath: string, how: string, hint: string) {
+    super('C_Initialize', 'CKR_GENERAL_ERROR', {
+      message: `the PKCS#11 module ${modulePath} ${how} while initialising its tokens, so Strata did not load it: ` +
+        `a token's stored objects are likely damaged or unreadable${hint}`
+    })
+  }
+}
+
+/**
  * The token cannot be reached: its store vanished, the module failed, or it was removed. Each
  * call fails fast with this error while the token retries, at most once a second, to come back
  * (re-initialising the module); `reason` is the CKR_* value that revealed the loss.

@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import pkcs11js from 'pkcs11js'
 import { ModuleNotFoundError } from './errors.js'
+import { probeModule, probeModuleSync } from './module-probe.js'
 import { ckrName, mapTokenError } from './pkcs11-errors.js'
 
 const { PKCS11, CKF_OS_LOCKING_OK } = pkcs11js
@@ -50,6 +51,12 @@ export function acquireModule (path: string): LoadedModule {
     pkcs11.load(path)
   } catch (err) {
     throw new ModuleNotFoundError(path, { cause: err })
+  }
+  try {
+    probeModuleSync(path)
+  } catch (err) {
+    try { pkcs11.close() } catch {}
+    throw err
   }
   try {
     // The *Async calls run on libuv worker threads: the module must do its own locking.
@@ -102,6 +109,7 @@ export async function reinitializeModule (module: LoadedModule, seen: number): P
     if (entry.inflight > 0) await new Promise<void>(resolve => { entry.idle.push(resolve) })
     entry.generation++
     try { entry.pkcs11.C_Finalize() } catch {}
+    await probeModule(entry.path)
     try {
       entry.pkcs11.C_Initialize({ flags: CKF_OS_LOCKING_OK })
     } catch (err) {

@@ -29,3 +29,8 @@ fi
 echo "strata setup: building"
 npx tsc -p tsconfig.json
 bash scripts/build-fuse.sh
+# The PKCS#11 module probe (hsm/module-probe.ts), rebuilt when its source changed.
+if [ ! -x build/pkcs11-probe ] || [ hsm/native/pkcs11-probe.c -nt build/pkcs11-probe ]; then
+  mkdir -p build
+  cc -O2 -Wall -Wextra -Werror -I node_modules/pkcs11js/includes -o build/pkcs11-probe hsm/native/pkcs11-probe.c -ldl
+fi

@@ -1,11 +1,11 @@
 import t from 'tap'
-import { renameSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import pkcs11js from 'pkcs11js'
 import {
   Pkcs11Token, ModuleNotFoundError, TokenNotFoundError, WrongPinError, PinLockedError, PinMissingError,
-  TokenError, TokenUnavailableError, InvalidKeyArgumentError, readPin, keyCheckValue, kcvEqual
+  TokenError, TokenUnavailableError, InvalidKeyArgumentError, ModuleProbeError, readPin, keyCheckValue, kcvEqual
 } from '../hsm/index.js'
 import { makeToken, openToken, lockUserPin } from './helpers/softhsm.js'
 
@@ -194,3 +194,57 @@ t.test('locked PIN -> PinLockedError', async t => {
   lockUserPin(tok)
   await t.rejects(Pkcs11Token.open({ module: tok.module, label: tok.label, pin: tok.pin }), PinLockedError)
 })
+
+// Also last, for the same reason. SoftHSM2 2.6 calls exit(5) inside C_Initialize when a stored
+// byte string's length is absurd (measured). The probe child dies instead of this process.
+t.test('a module that would end the process in C_Initialize -> a named token error, nothing lost', async t => {
+  const tok = await makeToken(t)
+  const token = await openToken(tok)
+  await token.generateSecretKey({ label: 'probe-test', id: new Uint8Array([7]) })
+  await token.close()
+  const file = keyObjectFile(tok)
+  const good = readFileSync(file)
+  const bad = Buffer.from(good)
+  bad.writeBigUInt64BE(1n << 40n, firstByteStringLength(bad))
+  writeFileSync(file, bad)
+  const err = await Pkcs11Token.open({ module: tok.module, label: tok.label, pin: tok.pin }).then(() => undefined, (e: unknown) => e)
+  t.type(err, ModuleProbeError)
+  t.type(err, TokenError)
+  t.match((err as Error).message, /ended a process with exit code 5/)
+  t.match((err as Error).message, join(tok.dir, 'tokens'))
+  writeFileSync(file, good)
+  const again = await openToken(tok)
+  t.equal((await again.random(8)).byteLength, 8, 'the restored file brings the token back')
+  await again.close()
+})
+
+/** The object file of the one key object in tok's token directory. */
+function keyObjectFile (tok: { dir: string, label: string }): string {
+  const tokens = join(tok.dir, 'tokens')
+  for (const name of readdirSync(tokens)) {
+    const dir = join(tokens, name)
+    if (!readFileSync(join(dir, 'token.object')).includes(Buffer.from(tok.label.padEnd(32, ' ')))) continue
+    const objects = readdirSync(dir).filter(f => f.endsWith('.object') && f !== 'token.object')
+    if (objects.length !== 1) throw new Error(`expected one key object in ${dir}, found ${objects.length}`)
+    return join(dir, objects[0] as string)
+  }
+  throw new Error(`token ${tok.label} not found in ${tokens}`)
+}
+
+/**
+ * Offset of the first byte-string attribute's 64-bit length in a SoftHSM2 object file: a 64-bit
+ * generation, then per attribute a 64-bit type, a 64-bit kind and the value (kind 1 bool: 1 byte;
+ * 2 ulong: 8 bytes; 3 byte string: 64-bit length, then the bytes).
+ */
+function firstByteStringLength (bytes: Buffer): number {
+  let at = 8
+  while (at + 16 <= bytes.byteLength) {
+    const kind = bytes.readBigUInt64BE(at + 8)
+    at += 16
+    if (kind === 3n) return at
+    if (kind === 1n) at += 1
+    else if (kind === 2n) at += 8
+    else throw new Error(`unexpected attribute kind ${kind} at ${at - 8}: not SoftHSM2 2.6's object file format`)
+  }
+  throw new Error('no byte-string attribute in the object file')
+}
