@@ -131,9 +131,11 @@ async function mountBackground (dataDir: string, mountpoint: string): Promise<nu
   const result = await new Promise<{ ready?: { mountpoint: string, pid: number }, error?: { message: string, code?: string } }>(resolve => {
     const timer = setTimeout(() => { resolve({ error: { message: `the daemon did not report ready within 120 s (see ${logFile})` } }) }, 120_000)
     child.once('message', (m: { ready?: { mountpoint: string, pid: number }, error?: { message: string, code?: string } }) => { clearTimeout(timer); resolve(m) })
-    child.once('exit', code => { clearTimeout(timer); resolve({ error: { message: `the daemon exited with code ${String(code)} before the mount was ready (see ${logFile})` } }) })
+    // 'close', not 'exit': it comes after the IPC channel is drained, so an error the daemon
+    // sent just before exiting is not lost to the race between its message and its exit.
+    child.once('close', (code, signal) => { clearTimeout(timer); resolve({ error: { message: `the daemon ${signal !== null ? `was killed by ${signal}` : `exited with code ${String(code)}`} before the mount was ready (see ${logFile})` } }) })
   })
-  child.removeAllListeners('exit')
+  child.removeAllListeners('close')
   if (child.connected) child.disconnect()
   child.unref()
   if (result.error !== undefined) throw Object.assign(new Error(result.error.message), { code: result.error.code })
