@@ -16,6 +16,9 @@ import { fsck, pendingRotations, rotateNek } from '../fs/volume/index.js'
 import { SyncNode } from './sync.js'
 import { syncHandlers } from './sync-control.js'
 
+/** How often the daemon looks for its mount being removed from outside (see watchMount). */
+const MOUNT_WATCH_MS = 2000
+
 export class DaemonError extends Error {
   readonly code: string
   constructor (code: string, message: string) {
@@ -88,6 +91,7 @@ export class Daemon {
   private stopping: Promise<void> | undefined
   private readonly log: Logger
   private mountpoint = ''
+  private mountWatch: NodeJS.Timeout | undefined
   readonly stopped: Promise<void>
   private resolveStopped!: () => void
 
@@ -155,6 +159,7 @@ export class Daemon {
         this.stop({ lazy: true }).catch(err => { this.failStop(err as Error) })
       })
     }
+    this.watchMount((await mountAt(this.mountpoint))?.fstype ?? 'fuse')
     this.log('mounted %s at %s (pid %d)', dataDir, this.mountpoint, process.pid)
     this.options.onReady?.({ mountpoint: this.mountpoint, pid: process.pid })
   }
@@ -186,6 +191,29 @@ export class Daemon {
   }
 
   /**
+   * `umount MOUNTPOINT` or `fusermount -u` from outside ends the FUSE session, and nothing tells
+   * the JS side: the daemon would keep the volume open (and busy for the next mount) forever.
+   * So the mount table is checked every MOUNT_WATCH_MS; once our mount is gone, the daemon stops
+   * as `strata unmount` would (dirty data sealed, volume closed).
+   */
+  private watchMount (fstype: string): void {
+    let checking = false
+    this.mountWatch = setInterval(() => {
+      if (checking || this.adapter === undefined) return
+      checking = true
+      mountAt(this.mountpoint).then(async entry => {
+        const adapter = this.adapter
+        if (entry?.fstype === fstype || adapter === undefined) return
+        this.log('%s was unmounted from outside Strata: sealing and closing the volume', this.mountpoint)
+        this.adapter = undefined
+        await adapter.unmount().catch(() => {})
+        await this.stop()
+      }).catch(err => { this.failStop(err as Error) }).finally(() => { checking = false })
+    }, MOUNT_WATCH_MS)
+    this.mountWatch.unref()
+  }
+
+  /**
    * The mount is gone but closing failed (e.g. dirty data could not be sealed on a full disk):
    * say so, leave no records claiming a live daemon, and exit non-zero rather than linger.
    */
@@ -195,6 +223,7 @@ export class Daemon {
   }
 
   private async shutdown (): Promise<void> {
+    clearInterval(this.mountWatch)
     await this.control?.close()
     const sync = this.sync
     this.sync = undefined

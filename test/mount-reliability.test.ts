@@ -222,3 +222,22 @@ t.test('SIGTERM to the daemon unmounts cleanly; the data is intact after remount
   await drive.mount()
   t.equal(await treeHash(drive.mnt), before, 'identical after remount')
 })
+
+t.test('an unmount from outside Strata (fusermount -u) stops the daemon cleanly; the next mount works', async t => {
+  const drive = await makeDrive(t)
+  // Written without fsync: the daemon must seal it when it notices the mount is gone.
+  await sh(`cd "${drive.mnt}" && mkdir d && head -c 2500000 /dev/urandom > d/unsynced && echo small > d/s`)
+  const before = await treeHash(drive.mnt)
+  const pid = drive.pid() as number
+  const u = await run('fusermount', ['-u', drive.mnt])
+  t.equal(u.code, 0, `fusermount -u: ${u.stderr}`)
+  t.ok(await waitGone(pid, 120_000), 'the daemon exits once its mount is gone')
+  t.notOk(existsSync(join(drive.dataDir, 'daemon.json')), 'daemon.json removed')
+  const log = readFileSync(join(drive.dataDir, 'strata.log'), 'utf8')
+  t.match(log, /was unmounted from outside Strata/, 'the log says why the daemon stopped')
+  t.notMatch(log.split('\n').filter(l => / error /.test(l)).join('\n'), /./, 'no error in the log')
+  const f = await strata(['fsck', '--data', drive.dataDir])
+  t.equal(f.code, 0, `fsck (offline) clean: ${f.stdout}${f.stderr}`)
+  await drive.mount()
+  t.equal(await treeHash(drive.mnt), before, 'identical after remount')
+})
