@@ -248,6 +248,25 @@ print(json.dumps(r))`))) as Record<string, unknown>
     t.ok(await lookups(await mount(t, { attrTimeout: 0, entryTimeout: 0 })) >= 5, 'attrTimeout/entryTimeout 0: every stat reaches JS')
   })
 
+  t.test('dirAttrTimeout: directory attributes cached, files not; changes through the mount show at once', async t => {
+    const m = await mount(t, { attrTimeout: 0, entryTimeout: 30, dirAttrTimeout: 30 })
+    await m.sh('mkdir d; touch d/f; stat d >/dev/null') // the create in d invalidated d's attributes
+    const getattrs = (path: string): number => m.fs.calls.filter(c => c.op === 'getattr' && c.path === path).length
+    const [d0, f0] = [getattrs('/d'), getattrs('/d/f')]
+    await m.sh('for i in 1 2 3 4 5; do stat d d/f >/dev/null; done')
+    t.equal(getattrs('/d') - d0, 0, 'the directory: 5 stats and 5 path walks answered by the kernel cache')
+    t.ok(getattrs('/d/f') - f0 >= 5, 'the file: every stat reaches JS (attrTimeout 0)')
+    t.equal(await m.sh('stat -c %h d; mkdir d/sub; stat -c %h d; rmdir d/sub; stat -c %h d'), '2\n3\n2\n', 'link count after mkdir and rmdir inside')
+    t.equal(await m.sh('chmod 700 d; stat -c %a d; chmod 755 d; stat -c %a d'), '700\n755\n', 'mode after chmod')
+    t.equal(await m.sh('touch -d @1000000000 d; stat -c %Y d; touch d/g; test $(stat -c %Y d) -gt 1000000000 && echo newer'), '1000000000\nnewer\n', 'mtime after a create inside')
+    t.equal(await m.sh('mv d/g d/h; stat -c %Y d | grep -vx 1000000000 >/dev/null && echo ok'), 'ok\n')
+    const plain = await mount(t, { attrTimeout: 0, entryTimeout: 30 })
+    await plain.sh('mkdir d')
+    const p0 = plain.fs.calls.filter(c => c.op === 'getattr' && c.path === '/d').length
+    await plain.sh('for i in 1 2 3 4 5; do stat d >/dev/null; done')
+    t.ok(plain.fs.calls.filter(c => c.op === 'getattr' && c.path === '/d').length - p0 >= 5, 'without it, every stat of the directory reaches JS')
+  })
+
   t.test('system.posix_acl_* answered EOPNOTSUPP: sed -i keeps mode 0640', async t => {
     const { sh } = await mount(t)
     t.equal(await sh('printf "abc\\n" > f; chmod 640 f; sed -i s/a/b/ f; stat -c %a f; cat f'), '640\nbbc\n')

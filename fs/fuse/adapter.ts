@@ -22,8 +22,10 @@ export interface FuseLogger {
 
 export interface FuseAdapterInit {
   mountpoint: string
-  /** Kernel attribute/entry cache, seconds (default 1). */
+  /** Kernel attribute cache for non-directories, seconds (default 0). */
   attrTimeout?: number
+  /** Attribute cache for directories only, seconds (default 1). */
+  dirAttrTimeout?: number
   entryTimeout?: number
   /** Let other users use the mount (permissions are still enforced: default_permissions). */
   allowOther?: boolean
@@ -348,6 +350,11 @@ export class FuseAdapter {
       // libfuse2 gives each name of a hard-linked file its own kernel inode and cannot tell the
       // kernel to refresh the others: only uncached attributes show a link count change at once.
       attrTimeout: this.init.attrTimeout ?? 0,
+      // Directories cannot be hard-linked, and the kernel invalidates a directory's attributes
+      // itself when an entry in it changes through the mount: cached, they spare a GETATTR per
+      // directory per path walk (default_permissions checks search permission on each). A
+      // change from another device shows within this time (native/README.md).
+      dirAttrTimeout: this.init.dirAttrTimeout ?? 1,
       entryTimeout: this.init.entryTimeout ?? 1,
       negativeTimeout: 0,
       defaultPermissions: true,

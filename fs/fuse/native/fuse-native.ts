@@ -125,6 +125,8 @@ export interface FuseOptions {
   entryTimeout?: number
   negativeTimeout?: number
   attrTimeout?: number
+  /** Attribute timeout for directories only (seconds); others keep attrTimeout. */
+  dirAttrTimeout?: number
   acAttrTimeout?: number
   allowOther?: boolean
   allowRoot?: boolean
