@@ -159,7 +159,9 @@ export class Daemon {
         this.stop({ lazy: true }).catch(err => { this.failStop(err as Error) })
       })
     }
-    this.watchMount((await mountAt(this.mountpoint))?.fstype ?? 'fuse')
+    const ours = await mountAt(this.mountpoint)
+    if (ours !== undefined) this.watchMount(ours.fstype)
+    else this.log.error('cannot find %s in /proc/self/mounts: an unmount from outside will not stop this daemon', this.mountpoint)
     this.log('mounted %s at %s (pid %d)', dataDir, this.mountpoint, process.pid)
     this.options.onReady?.({ mountpoint: this.mountpoint, pid: process.pid })
   }
