@@ -469,6 +469,29 @@ t.test('a bit flip in a wrapped key record: KeyCustodyError after reopen', async
   await tv.reopen()
 })
 
+t.test('a namespace record naming a NEK version that does not exist: the error names that record', async t => {
+  // Found by the fault runner: a flipped bit turned "v":1 into "v":3 (still valid JSON), and
+  // the first record read was blamed ("envelope names an unknown namespace") instead.
+  const tv = await makeVolume(t, LOOP_OPTS)
+  await buildTree(tv.vol)
+  await tv.vol.sync()
+  await tv.close()
+  const [nsKey] = await rawKeys(tv.dataDir, META + 'n/')
+  if (nsKey === undefined) throw new Error('no namespace record')
+  await withRawDb(tv.dataDir, async db => {
+    const rec = JSON.parse(Buffer.from(await db.get(nsKey) as Uint8Array).toString('utf8')) as { v: number }
+    t.equal(rec.v, 1, 'the record names NEK version 1')
+    await db.put(nsKey, Buffer.from(JSON.stringify({ ...rec, v: 3 })), { sync: true })
+  })
+  const record = nsKey.slice(META.length)
+  const { vol, err } = await tryReopen(tv)
+  let got = err
+  if (vol !== undefined) got = await vol.readdir(ROOT_INO).then(() => undefined, (e: unknown) => e)
+  t.equal(errName(got), 'RecordCorruptError')
+  t.equal((got as { record?: string }).record, record, `the error names ${record}`)
+  t.match((got as Error).message, /NEK version 3/)
+})
+
 t.test('the data dir holds no plaintext names or contents', async t => {
   const tv = await makeVolume(t)
   const nameMarker = `STRATA_SECRET_NAME_${randomBytes(12).toString('hex')}`

@@ -57,7 +57,14 @@ export class MetaStore {
       // A rotation retired that version after we read the record: read it again, once.
       if ((err as Error).name !== 'NamespaceKeyNotFoundError') throw err
       rec = await this.namespaceRecord(ns)
-      nek = await this.keys.nek(ns, rec.v)
+      try {
+        nek = await this.keys.nek(ns, rec.v)
+      } catch (again) {
+        // The namespace exists (its current NEK was found above), so a record naming a version
+        // the key service does not hold is damaged: name the record, not the first one it seals.
+        if ((again as Error).name === 'NamespaceKeyNotFoundError') throw new RecordCorruptError(K.namespace(ns), `names NEK version ${rec.v}, which the key service does not hold`, { cause: again })
+        throw again
+      }
     }
     let nmk = unwrapKey(nek.key, Buffer.from(rec.w, 'base64'), nmkAad(ns, rec.v))
     if (nmk === undefined && withdrawn(nek.key)) {
