@@ -3,7 +3,7 @@
  * file system, and is a FUSE mount there stale (its daemon died: the kernel answers ENOTCONN).
  * Also the registry of Strata's own mounts (mount point → data dir).
  */
-import { readFile, stat, mkdir, writeFile, rm } from 'node:fs/promises'
+import { readFile, stat, statfs, mkdir, writeFile, rm } from 'node:fs/promises'
 import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import { execFile } from 'node:child_process'
@@ -29,10 +29,14 @@ export async function mountAt (target: string): Promise<MountEntry | undefined> 
   return found
 }
 
-/** True when a FUSE mount's daemon is gone: stat fails with ENOTCONN (or ECONNABORTED). */
+/**
+ * True when a FUSE mount's daemon is gone: statfs fails with ENOTCONN (or ECONNABORTED).
+ * Not stat: the kernel answers it from cached attributes (a directory's are cached for 1 s,
+ * dirAttrTimeout) without asking the dead daemon; FUSE_STATFS always reaches it.
+ */
 export async function isStale (target: string): Promise<boolean> {
   try {
-    await stat(target)
+    await statfs(target)
     return false
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
