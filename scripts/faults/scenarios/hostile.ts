@@ -8,6 +8,8 @@
  * tampered-block and replay scenarios; the unenrolled, fork, malformed and flood attacks run in
  * the full run, and npm test covers them at protocol level (net-*.test.ts, sync-daemon.test.ts).
  */
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { strata as strataCli, treeHash, type Drive } from '../../../test/helpers/mount.js'
 import { firstDrive, ok, status, until } from '../../../test/helpers/team.js'
 import type { FaultContext, Scenario } from '../harness.js'
@@ -102,7 +104,14 @@ const tamperedBlocks: Scenario = {
     // Now only H can serve the blocks B needs: B must refuse every one of them.
     await t.a.unmount()
     await t.b.mount()
-    ctx.check(await until(async () => (await syncStatus(t.b)).blocks.tampered >= 1, 90_000), 'B never got a tampered block from the hostile device: the fault was not exercised')
+    if (!await until(async () => (await syncStatus(t.b)).blocks.tampered >= 1, 90_000)) {
+      // A flake seen in ~1 of 5 full runs, cause unknown. Suspected: B's remembered listen port
+      // was taken while B was offline, so B listens elsewhere, H (which knows only B's old
+      // address) cannot reach it, and B does not know H's. Say what B saw.
+      const s = await syncStatus(t.b)
+      const portLine = readFileSync(join(t.b.dataDir, 'strata.log'), 'utf8').split('\n').find(l => l.includes('remembered listen port is taken')) ?? 'no "port taken" line in B\'s log'
+      ctx.fail(`B never got a tampered block from the hostile device: the fault was not exercised (B listens on ${JSON.stringify(s.addresses)}, H dialled ${t.bAddr}; B's peers ${JSON.stringify(s.peers)}; H is ${await h.peer}; ${portLine})`)
+    }
     ctx.check(await sha(`${t.b.mnt}/big.bin`) === undefined, 'B shows the file before any intact copy of its blocks was available')
     const before = rss(t.b.pid() ?? ctx.fail('no pid for B'))
     await t.a.mount()
