@@ -157,11 +157,6 @@ export class FuseAdapter {
     }).finally(done)
   }
 
-  /** A scratch buffer of `len` bytes (libfuse never asks for more than MAX_IO). */
-  private scratchOf (len: number): Buffer {
-    return len <= MAX_IO ? Buffer.from(this.scratch.take(), 0, len) : Buffer.allocUnsafeSlow(len)
-  }
-
   ops (): FuseOps {
     const vol = this.vol
     const caller = (c: FuseCaller): { uid: number, gid: number } => ({ uid: c.uid, gid: c.gid })
@@ -223,12 +218,12 @@ export class FuseAdapter {
       // deadline even if the volume is still working (a stalled token): the volume works on a
       // scratch buffer of ours, and buf is touched only synchronously, before answering.
       read: (path, fd, buf, len, pos, cb) => {
-        const scratch = this.scratchOf(len)
+        const scratch = this.scratch.buffer(len)
         this.answerIo('read', path, cb, async () => await vol.readInto(fd, pos, scratch),
           n => { scratch.copy(buf, 0, 0, n) }, () => { this.scratch.give(scratch) })
       },
       write: (path, fd, buf, len, pos, cb) => {
-        const scratch = this.scratchOf(len)
+        const scratch = this.scratch.buffer(len)
         buf.copy(scratch, 0, 0, len)
         this.answerIo('write', path, cb, async () => await vol.write(fd, pos, scratch),
           () => {}, () => { this.scratch.give(scratch) })
