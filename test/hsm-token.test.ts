@@ -7,7 +7,7 @@ import {
   Pkcs11Token, ModuleNotFoundError, TokenNotFoundError, WrongPinError, PinLockedError, PinMissingError,
   TokenError, TokenUnavailableError, InvalidKeyArgumentError, ModuleProbeError, readPin, keyCheckValue, kcvEqual
 } from '../hsm/index.js'
-import { makeToken, openToken, lockUserPin } from './helpers/softhsm.js'
+import { makeToken, openToken, lockUserPin, tokenStoreDir } from './helpers/softhsm.js'
 
 const aad = new TextEncoder().encode('test-aad')
 
@@ -220,15 +220,10 @@ t.test('a module that would end the process in C_Initialize -> a named token err
 
 /** The object file of the one key object in tok's token directory. */
 function keyObjectFile (tok: { dir: string, label: string }): string {
-  const tokens = join(tok.dir, 'tokens')
-  for (const name of readdirSync(tokens)) {
-    const dir = join(tokens, name)
-    if (!readFileSync(join(dir, 'token.object')).includes(Buffer.from(tok.label.padEnd(32, ' ')))) continue
-    const objects = readdirSync(dir).filter(f => f.endsWith('.object') && f !== 'token.object')
-    if (objects.length !== 1) throw new Error(`expected one key object in ${dir}, found ${objects.length}`)
-    return join(dir, objects[0] as string)
-  }
-  throw new Error(`token ${tok.label} not found in ${tokens}`)
+  const dir = tokenStoreDir(tok)
+  const objects = readdirSync(dir).filter(f => f.endsWith('.object') && f !== 'token.object')
+  if (objects.length !== 1) throw new Error(`expected one key object in ${dir}, found ${objects.length}`)
+  return join(dir, objects[0] as string)
 }
 
 /**

@@ -74,19 +74,23 @@ const CKF_USER_PIN_LOCKED = 0x40000n
  * loaded (SoftHSM reads the file when it is initialised).
  */
 export function lockUserPin (tok: TestToken): void {
+  const file = join(tokenStoreDir(tok), 'token.object')
+  const bytes = readFileSync(file)
+  const at = bytes.indexOf(TOKEN_FLAGS_ATTR)
+  if (at < 0) throw new Error('token flags attribute not found in token.object')
+  const off = at + TOKEN_FLAGS_ATTR.byteLength
+  bytes.writeBigUInt64BE(bytes.readBigUInt64BE(off) | CKF_USER_PIN_LOCKED, off)
+  writeFileSync(file, bytes)
+}
+
+/** SoftHSM's directory of tok's token (its token.object carries the space-padded label). */
+export function tokenStoreDir (tok: { dir: string, label: string }): string {
   const padded = Buffer.from(tok.label.padEnd(32, ' '))
   const tokens = join(tok.dir, 'tokens')
   for (const name of readdirSync(tokens)) {
-    const file = join(tokens, name, 'token.object')
     let bytes: Buffer
-    try { bytes = readFileSync(file) } catch { continue }
-    if (!bytes.includes(padded)) continue
-    const at = bytes.indexOf(TOKEN_FLAGS_ATTR)
-    if (at < 0) throw new Error('token flags attribute not found in token.object')
-    const off = at + TOKEN_FLAGS_ATTR.byteLength
-    bytes.writeBigUInt64BE(bytes.readBigUInt64BE(off) | CKF_USER_PIN_LOCKED, off)
-    writeFileSync(file, bytes)
-    return
+    try { bytes = readFileSync(join(tokens, name, 'token.object')) } catch { continue }
+    if (bytes.includes(padded)) return join(tokens, name)
   }
   throw new Error(`token ${tok.label} not found in ${tokens}`)
 }
