@@ -20,11 +20,13 @@ import { multiaddr } from '@multiformats/multiaddr'
 import type { Strata } from './strata.js'
 import { teamBundle, readConfig, writeConfig, type TeamBundle } from './strata.js'
 import type { ComponentLogger, Logger } from './logger.js'
+import type { IdentifyResult } from '@libp2p/interface'
 import { DeviceVault, TokenEnrolment } from '../hsm/index.js'
 import { Replica } from '../fs/volume/index.js'
 import { loadOrCreateDeviceIdentity } from '../net/identity.js'
 import { createStrataNode, refusedPeers, type StrataNode } from '../net/node.js'
 import { PeerDialer } from '../net/peer-dialer.js'
+import { PeerAddressBook, dialableAddrs } from '../net/peer-addresses.js'
 import { BlockExchange } from '../net/block-exchange.js'
 import { BlockRepair, RepairBlockStore } from '../net/block-repair.js'
 import { InviteBook } from '../net/invite.js'
@@ -79,6 +81,8 @@ interface SyncParts {
   replica: Replica
   service: SyncService
   invites: InviteBook
+  addressBook: PeerAddressBook
+  log: Logger
   self: string
   /** Expiry times of invites not redeemed yet: while any is live, unknown peers may connect (to enrol only). */
   openInvites: number[]
@@ -120,6 +124,8 @@ export class SyncNode {
   readonly service: SyncService
   readonly invites: InviteBook
   readonly self: string
+  private readonly addressBook: PeerAddressBook
+  private readonly log: Logger
   private readonly openInvites: number[]
   private enrol: EnrolHandler | undefined
   private detachRepair: (() => void) | undefined
@@ -135,6 +141,8 @@ export class SyncNode {
     this.replica = p.replica
     this.service = p.service
     this.invites = p.invites
+    this.addressBook = p.addressBook
+    this.log = p.log
     this.self = p.self
     this.openInvites = p.openInvites
   }
@@ -184,7 +192,8 @@ export class SyncNode {
     })
     const service = box.service = new SyncService({ replica, logs, logSync, blocks, logger: lg })
     const repair = new BlockRepair({ blocks, store: repairStore, peers: () => logSync.peers(), log: logger.forComponent('repair') })
-    const sn = new SyncNode({ node, devices, logs, logSync, blocks, repair, dialer, replica, service, invites, self, openInvites })
+    const addressBook = new PeerAddressBook(sub('peer-addrs'), logger.forComponent('sync:addrs'))
+    const sn = new SyncNode({ node, devices, logs, logSync, blocks, repair, dialer, replica, service, invites, addressBook, log, self, openInvites })
     await sn.startAll(strata, config, team, log)
     return sn
   }
@@ -199,10 +208,19 @@ export class SyncNode {
     await this.replica.start()
     await this.dialer.start()
     for (const addr of config.peers ?? []) this.addPeer(addr)
+    // Every team device that was ever connected is dialled where it last said it listens, so a
+    // connection comes back after a restart whichever side dialled it first or moved port.
+    this.node.addEventListener('peer:identify', this.onIdentify)
+    for (const m of this.devices.members()) {
+      if (m.id === this.self) continue
+      const addrs = await this.addressBook.get(m.id)
+      if (addrs.length > 0) this.dialer.add(m.id, addrs)
+    }
     this.devices.addEventListener('change', (e) => {
       for (const id of e.detail.removed) {
         this.dialer.remove(id)
         this.node.hangUp(peerIdFromString(id)).catch(() => {})
+        this.addressBook.forget(id).catch(err => { log.error('forgetting the addresses of removed device %s failed: %e', id, err) })
       }
     })
     this.enrol = await handleEnrol({
@@ -223,6 +241,15 @@ export class SyncNode {
       }
     })
     log('sync: device %s listening on %s', this.self, this.node.getMultiaddrs().map(a => a.toString()).join(' '))
+  }
+
+  private readonly onIdentify = (evt: CustomEvent<IdentifyResult>): void => {
+    const id = evt.detail.peerId.toString()
+    if (id === this.self || !this.devices.isMember(id)) return
+    const addrs = dialableAddrs(evt.detail.listenAddrs)
+    if (addrs.length === 0) return
+    this.dialer.add(id, addrs)
+    this.addressBook.remember(id, addrs).catch(err => { this.log.error('remembering the addresses of device %s failed: %e', id, err) })
   }
 
   /** A one-time invite code; unknown peers may connect (to enrol only) until it expires. */
@@ -279,6 +306,7 @@ export class SyncNode {
       try { await fn() } catch (err) { first ??= err }
     }
     await this.enrol?.stop().catch(() => {})
+    this.node.removeEventListener('peer:identify', this.onIdentify)
     await step(async () => { await this.dialer.stop() })
     await step(async () => { await this.replica.stop() })
     await step(async () => { await this.service.stop() })

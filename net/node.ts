@@ -6,6 +6,7 @@ import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { mdns as mdnsDiscovery } from '@libp2p/mdns'
+import { identify } from '@libp2p/identify'
 import { defaultLogger } from '@libp2p/logger'
 import type { ComponentLogger, ConnectionGater, Logger, PeerId, PeerInfo, PrivateKey } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
@@ -114,6 +115,9 @@ export async function createStrataNode (init: StrataNodeInit): Promise<StrataNod
     peerDiscovery: mdnsOn ? [mdnsDiscovery({ interval, serviceTag: MDNS_SERVICE_TAG })] : [],
     connectionGater: strataConnectionGater(init.allowPeer, log, refusals),
     connectionManager: { maxConnections: MAX_CONNECTIONS },
+    // identify: each side learns where the other listens ('peer:identify'), which the daemon
+    // remembers for team devices (net/peer-addresses.ts). Only admitted peers get this far.
+    services: { identify: identify() },
     start: false
   })
 

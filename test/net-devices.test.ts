@@ -1,7 +1,7 @@
 /**
  * The signed device list over a real classic-level: founding, adding, removal (permanent, wins),
  * merge from any order of arrival, buffering of records whose signer is unknown, persistence,
- * and the local last-seen times.
+ * the local last-seen times, and the remembered listen addresses of devices.
  */
 import t, { type Test } from 'tap'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -12,6 +12,9 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PrivateKey } from '@libp2p/interface'
 import { DeviceList, newTeamId, decodeRecord, encodeRecord, signRecord } from '../net/log/index.js'
+import { PeerAddressBook, dialableAddrs, MAX_ADDRS_PER_PEER } from '../net/peer-addresses.js'
+import { multiaddr } from '@multiformats/multiaddr'
+import { format } from 'node:util'
 
 function tempDb (t: Test): ClassicLevel<string, Uint8Array> {
   const dir = mkdtempSync(join(tmpdir(), 'strata-netdev-'))
@@ -200,4 +203,32 @@ t.test('the list persists; a database of another team is refused', async t => {
   t.equal(again.lastSeen(b.id), 12345)
   const other = new DeviceList({ db: db.sublevel<string, Uint8Array>('p', { valueEncoding: 'view' }), privateKey: a.key }, { teamId: newTeamId(), founder: a.id })
   await t.rejects(other.open(), { name: 'TeamMismatchError' })
+})
+
+t.test('remembered listen addresses: only dialable TCP ones, replaced as announced, damaged records ignored', async t => {
+  const db = tempDb(t)
+  const errors: string[] = []
+  const book = new PeerAddressBook(db.sublevel<string, Uint8Array>('addrs', { valueEncoding: 'view' }), { error: (fmt: string, ...args: unknown[]) => { errors.push(format(fmt, ...args)) } })
+  const [d] = await keys(1)
+  const id = (d as Key).id
+  t.same(dialableAddrs([
+    multiaddr('/ip4/127.0.0.1/tcp/4001'), multiaddr(`/ip4/10.0.0.5/tcp/4001/p2p/${id}`), multiaddr('/ip6/::1/tcp/4002'),
+    multiaddr('/ip4/10.0.0.5/udp/4001/quic-v1'), multiaddr('/dns4/example.org/tcp/1'), multiaddr(`/ip4/1.2.3.4/tcp/1/p2p/${id}/p2p-circuit`), multiaddr('/ip4/127.0.0.1/tcp/4001')
+  ]), ['/ip4/127.0.0.1/tcp/4001', '/ip4/10.0.0.5/tcp/4001', '/ip6/::1/tcp/4002'], 'TCP over IP only, without /p2p/, each once')
+  t.equal(dialableAddrs(Array.from({ length: 40 }, (_, i) => multiaddr(`/ip4/10.0.0.${i}/tcp/1`))).length, MAX_ADDRS_PER_PEER, 'at most MAX_ADDRS_PER_PEER')
+
+  t.same(await book.get(id), [], 'nothing known at first')
+  t.equal(await book.remember(id, ['/ip4/127.0.0.1/tcp/4001']), true)
+  t.equal(await book.remember(id, ['/ip4/127.0.0.1/tcp/4001']), false, 'the same announcement writes nothing')
+  t.equal(await book.remember(id, ['/ip4/127.0.0.1/tcp/5001']), true)
+  t.same(await book.get(id), ['/ip4/127.0.0.1/tcp/5001'], 'the latest announcement replaces the earlier one')
+
+  for (const bad of ['not json', '{"a":1}', '[1,2]', '["/ip4/999.1.1.1/tcp/1"]', JSON.stringify(Array(17).fill('/ip4/1.1.1.1/tcp/1'))]) {
+    await db.sublevel<string, Uint8Array>('addrs', { valueEncoding: 'view' }).put(id, Buffer.from(bad))
+    t.same(await book.get(id), [], `damaged record ${bad.slice(0, 30)} gives no addresses`)
+  }
+  t.equal(errors.length, 5, 'each damaged record is logged')
+  t.match(errors[0], new RegExp(`addresses of device ${id} are damaged`))
+  await book.forget(id)
+  t.same(await book.get(id), [], 'forgotten')
 })

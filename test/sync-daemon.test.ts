@@ -11,6 +11,8 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createStrataNode } from '../net/node.js'
 import { LOG_PROTOCOL } from '../net/log/index.js'
 import { join } from 'node:path'
+import { readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
 import { makeDrive, sh, strata, type Drive } from './helpers/mount.js'
 import { LOOPBACK, joinDrive, ok, same, status, until } from './helpers/team.js'
 
@@ -79,6 +81,26 @@ t.test('a device offline during 500 changes catches up; edits made apart become 
   t.match(ls.stdout, /edited on laptop, later/, 'the later edit keeps the name')
   const copy = await sh(`cat "${b.mnt}"/shared\\ \\(conflict*`)
   t.equal(copy.stdout, 'edited on A\n', 'the other edit is in the conflict copy')
+})
+
+t.test('a device that restarts on a new port finds the device that only ever dialled it', async t => {
+  const a = await makeDrive(t, { config: LOOPBACK })
+  const b = await joinDrive(t, a, 'dialler') // b knows a's address; a learns b's only from b itself
+  await sh(`echo one > "${a.mnt}/one.txt"`)
+  t.ok(await waitFor(t, 'initial sync', same(a, b)), 'synced')
+  await a.unmount()
+  const listen = JSON.parse(readFileSync(join(a.dataDir, 'strata.json'), 'utf8')).sync.listen as string[]
+  const port = Number(/\/tcp\/(\d+)/.exec(listen[0] ?? '')?.[1])
+  t.ok(port > 0, `a remembers its port (${port})`)
+  // Something else takes a's port while it is stopped: a comes back on another one, where b never looks.
+  const squatter = createServer()
+  await new Promise<void>((resolve, reject) => { squatter.once('error', reject); squatter.listen(port, '127.0.0.1', resolve) })
+  t.teardown(() => { squatter.close() })
+  await a.mount()
+  const now = (await status(a)).sync.addresses as string[]
+  t.notOk(now.some(x => x.includes(`/tcp/${port}/`)), `a listens elsewhere now (${now.join(' ')})`)
+  await sh(`echo two > "${a.mnt}/two.txt"`)
+  t.ok(await waitFor(t, 'a dials b where b said it listens', same(a, b)), 'a reconnects to b from the remembered address and the change arrives')
 })
 
 t.test('only changed blocks cross the network: a rename moves none, a 1 MiB change moves at most two blocks', async t => {

@@ -105,9 +105,10 @@ const tamperedBlocks: Scenario = {
     await t.a.unmount()
     await t.b.mount()
     if (!await until(async () => (await syncStatus(t.b)).blocks.tampered >= 1, 90_000)) {
-      // A flake seen in ~1 of 5 full runs. The likely cause, reproduced by binding B's port
-      // while B was offline: B's remembered listen port was taken, so B listens elsewhere, H
-      // (which knows only B's old address) cannot reach it, and B does not know H's. Say what B saw.
+      // A flake seen in ~1 of 5 full runs before session 8. The cause, reproduced by binding B's
+      // port while B was offline: B's remembered listen port was taken, so B listens elsewhere,
+      // H (which knows only B's old address) cannot reach it, and B did not know H's. B now
+      // dials the address H announced by identify (net/peer-addresses.ts). Say what B saw.
       const s = await syncStatus(t.b)
       const portLine = readFileSync(join(t.b.dataDir, 'strata.log'), 'utf8').split('\n').find(l => l.includes('remembered listen port is taken')) ?? 'no "port taken" line in B\'s log'
       ctx.fail(`B never got a tampered block from the hostile device: the fault was not exercised (B listens on ${JSON.stringify(s.addresses)}, H dialled ${t.bAddr}; B's peers ${JSON.stringify(s.peers)}; H is ${await h.peer}; ${portLine})`)
