@@ -12,7 +12,7 @@ import { existsSync, mkdtempSync, mkdirSync, chmodSync, rmSync, writeFileSync, u
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { loadFuseNative, patchedFuseNativePath, type FuseOptions } from '../fs/fuse/native/fuse-native.js'
+import { loadFuseNative, patchedFuseNativePath, type Fuse, type FuseOptions } from '../fs/fuse/native/fuse-native.js'
 import { memFs, type MemFs, type MemFsOptions } from '../fs/fuse/native/test/memfs.js'
 
 const run = promisify(execFile)
@@ -26,7 +26,7 @@ const skip = !existsSync('/dev/fuse')
         ? 'patched binding not built: bash scripts/build-fuse.sh'
         : false
 
-interface Mounted { mnt: string, fs: MemFs, sh: (script: string, env?: Record<string, string>) => Promise<string> }
+interface Mounted { mnt: string, fs: MemFs, fuse: Fuse, sh: (script: string, env?: Record<string, string>) => Promise<string> }
 
 /** Mounts a fresh memfs on a fresh temp mountpoint; always unmounts in teardown. */
 async function mount (t: Test, opts: FuseOptions = {}, fsOpts: MemFsOptions = {}): Promise<Mounted> {
@@ -46,7 +46,7 @@ async function mount (t: Test, opts: FuseOptions = {}, fsOpts: MemFsOptions = {}
   await new Promise<void>((resolve, reject) => { fuse.mount(err => { if (err !== null) reject(err); else resolve() }) })
   const sh = async (script: string, env: Record<string, string> = {}): Promise<string> =>
     (await run('bash', ['-euo', 'pipefail', '-c', `cd "$M"\n${script}`], { env: { ...process.env, ...env, M: mnt, LC_ALL: 'C' } })).stdout
-  return { mnt, fs, sh }
+  return { mnt, fs, fuse, sh }
 }
 
 const py = (code: string): string => `python3 - <<'PY'\n${code}\nPY`
@@ -265,6 +265,22 @@ print(json.dumps(r))`))) as Record<string, unknown>
     const p0 = plain.fs.calls.filter(c => c.op === 'getattr' && c.path === '/d').length
     await plain.sh('for i in 1 2 3 4 5; do stat d >/dev/null; done')
     t.ok(plain.fs.calls.filter(c => c.op === 'getattr' && c.path === '/d').length - p0 >= 5, 'without it, every stat of the directory reaches JS')
+  })
+
+  t.test('noCapabilities: the kernel\'s security.capability query before each write is answered by the binding; setNoCapabilities(false) sends it to JS', async t => {
+    const m = await mount(t, { noCapabilities: true })
+    const queries = (): number => m.fs.calls.filter(c => c.op === 'getxattr').length
+    await m.sh('echo a > f; setfattr -n user.k -v v f')
+    const q0 = queries()
+    await m.sh('for i in 1 2 3 4 5; do echo x >> f; done')
+    t.equal(queries() - q0, 0, '5 writes: no query reaches JS')
+    t.equal(await m.sh('getfattr -n user.k --only-values f'), 'v', 'other names still reach JS')
+    t.ok(queries() > q0, 'the user.k query reached JS')
+    t.match(await m.sh('getfattr -n security.capability f 2>&1 || true'), /No such attribute/, 'security.capability reads as absent')
+    m.fuse.setNoCapabilities(false)
+    const q1 = queries()
+    await m.sh('for i in 1 2 3 4 5; do echo x >> f; done')
+    t.ok(queries() - q1 >= 5, `after setNoCapabilities(false) each write asks JS (${queries() - q1} queries)`)
   })
 
   t.test('system.posix_acl_* answered EOPNOTSUPP: sed -i keeps mode 0640', async t => {

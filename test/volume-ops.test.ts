@@ -552,6 +552,32 @@ t.test('statfs has plausible figures', async t => {
   t.equal(s.namemax, 255)
 })
 
+t.test('mayHoldCapabilities: false once a scan finds no security.capability; a set makes it true first; found at open', async t => {
+  const tv = await makeVolume(t)
+  const heard: boolean[] = []
+  let vol = tv.vol
+  vol.onCapabilities(may => { heard.push(may) })
+  t.equal(vol.mayHoldCapabilities, false, 'a new volume holds none')
+  const f = await writeFile(vol, ROOT_INO, 'f', Buffer.from('x'))
+  const g = await writeFile(vol, ROOT_INO, 'g', Buffer.from('x'))
+  await vol.setxattr(f.ino, 'user.a', Buffer.from('1'))
+  t.equal(vol.mayHoldCapabilities, false, 'other xattrs do not count')
+  await vol.setxattr(g.ino, 'security.capability', Buffer.from('cap'))
+  t.same(heard, [true], 'listeners hear the change')
+  vol = await tv.reopen()
+  t.equal(vol.mayHoldCapabilities, true, 'true from open until the scan is done')
+  t.equal(await vol.checkCapabilities(), true, 'the scan finds it (by name tag)')
+  t.equal(vol.mayHoldCapabilities, true)
+  await vol.removexattr(g.ino, 'security.capability')
+  t.equal(vol.mayHoldCapabilities, true, 'a removal keeps it true until a scan says otherwise')
+  t.equal(await vol.checkCapabilities(), false, 'the scan finds none (user.a is not one)')
+  t.equal(vol.mayHoldCapabilities, false)
+  const h = await vol.mkdir(ROOT_INO, 'dir')
+  await vol.setxattr(h.ino, 'security.capability', Buffer.from('cap'))
+  t.equal(vol.mayHoldCapabilities, true)
+  t.equal(await vol.checkCapabilities(), true)
+})
+
 t.test('xattrs: set, get, list, remove, create/replace flags', async t => {
   const tv = await makeVolume(t)
   const vol = tv.vol

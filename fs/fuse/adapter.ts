@@ -75,6 +75,7 @@ export class FuseAdapter {
   /** Files libfuse "hid" because they were unlinked while open: path → inode. */
   private readonly hidden = new Map<string, number>()
   private fuse: Fuse | undefined
+  private offCapabilities: (() => void) | undefined
   /** Reused MAX_IO buffers for read and write (a fresh one per op costs page faults). */
   private readonly scratch = new BufferPool({ size: MAX_IO, maxFree: MAX_SCRATCH })
 
@@ -367,11 +368,21 @@ export class FuseAdapter {
 
   async mount (): Promise<void> {
     const Fuse = loadFuseNative()
-    const fuse = new Fuse(this.mountpoint, this.ops(), this.fuseOptions())
-    await new Promise<void>((resolve, reject) => {
-      fuse.mount(err => { if (err !== null) reject(err); else resolve() })
-    })
+    // The binding answers the kernel's security.capability query before each write itself
+    // while the volume holds none (volume.mayHoldCapabilities), from mount on if known then.
+    const fuse = new Fuse(this.mountpoint, this.ops(), { ...this.fuseOptions(), noCapabilities: !this.vol.mayHoldCapabilities })
+    const off = this.vol.onCapabilities(may => { fuse.setNoCapabilities(!may) })
+    try {
+      await new Promise<void>((resolve, reject) => {
+        fuse.mount(err => { if (err !== null) reject(err); else resolve() })
+      })
+    } catch (err) {
+      off()
+      throw err
+    }
+    fuse.setNoCapabilities(!this.vol.mayHoldCapabilities)
     this.fuse = fuse
+    this.offCapabilities = off
   }
 
   async unmount (): Promise<void> {
@@ -381,6 +392,7 @@ export class FuseAdapter {
       fuse.unmount(err => { if (err !== null) reject(err); else resolve() })
     })
     this.fuse = undefined
+    this.offCapabilities?.()
     this.scratch.clear()
   }
 }

@@ -44,6 +44,8 @@ const SMALL_FILE_BLOCKS = 16
 /** A volume opened with GC candidates queued collects them this long after opening. */
 const GC_AFTER_OPEN_MS = 10_000
 const FORMAT = 1
+/** The xattr holding a file's capabilities (capabilities(7)). */
+const CAPABILITY_XATTR = 'security.capability'
 
 export interface VolumeComponents {
   db: Db
@@ -219,6 +221,7 @@ export class StrataVolume implements Volume {
       { type: 'put', key: K.headerSealed, value: await vol.meta.seal(header.rootNamespace, K.headerSealed, headerJson) }
     ], { sync: true })
     vol.nextIno = ROOT_INO + 1
+    vol.setMayHoldCapabilities(false) // empty; a replica's xattrs all arrive through setxattr
     return vol
   }
 
@@ -248,6 +251,7 @@ export class StrataVolume implements Volume {
       // Candidates a crash left queued (a delete's freed blocks) would otherwise wait for the
       // next delete to run the GC: collect them soon after the volume is up.
       for await (const _ of vol.meta.meta.keys({ gte: 'g/', lt: 'g/\xff', limit: 1 })) vol.scheduleGc(GC_AFTER_OPEN_MS)
+      vol.track(vol.checkCapabilities().catch(err => { vol.onBackgroundError('the scan for security.capability attributes', err as Error) }))
     } catch (err) {
       await vol.close().catch(() => {})
       throw err
@@ -795,6 +799,11 @@ export class StrataVolume implements Volume {
 
   async setxattr (ino: number, name: string, value: Uint8Array, flags?: XattrFlags): Promise<void> {
     if (value.length > XATTR_SIZE_MAX) throw new FsError('ERANGE', 'xattr value too large')
+    if (name === CAPABILITY_XATTR) {
+      // Before it can exist: from now on the kernel's queries for it reach the volume.
+      this.capsGeneration++
+      this.setMayHoldCapabilities(true)
+    }
     await this.lock.run(async () => {
       const inode = await this.getInode(ino)
       const key = await this.xattrKey(inode, name)
@@ -808,6 +817,52 @@ export class StrataVolume implements Volume {
         await this.inodeOp(inode)
       ])
     })
+  }
+
+  /**
+   * Whether a file of the volume may hold `security.capability`. The kernel asks for it before
+   * every write(2) (FUSE does not get SB_NOSEC) to drop file capabilities of a changed file;
+   * while none exists the FUSE binding answers ENODATA itself and spares that round trip. True
+   * (ask the volume) from open until checkCapabilities() finds none; a setxattr of it makes it
+   * true again before it is stored, and it stays true until the next open. Listeners hear every
+   * change (onCapabilities).
+   */
+  mayHoldCapabilities = true
+  private capsGeneration = 0
+  private readonly capsListeners = new Set<(may: boolean) => void>()
+
+  /** Call `fn` on every change of mayHoldCapabilities; returns the unsubscribe function. */
+  onCapabilities (fn: (may: boolean) => void): () => void {
+    this.capsListeners.add(fn)
+    return () => { this.capsListeners.delete(fn) }
+  }
+
+  private setMayHoldCapabilities (may: boolean): void {
+    if (this.mayHoldCapabilities === may) return
+    this.mayHoldCapabilities = may
+    for (const fn of this.capsListeners) fn(may)
+  }
+
+  /**
+   * Scan the xattr records for a `security.capability` (by name tag, under each namespace's
+   * key: nothing is decrypted); none found and none set meanwhile: mayHoldCapabilities = false.
+   * Returns whether one was found.
+   */
+  async checkCapabilities (): Promise<boolean> {
+    const generation = this.capsGeneration
+    const nameKeys: Buffer[] = []
+    for await (const key of this.meta.meta.keys({ gte: 'n/', lt: 'n/\xff' })) nameKeys.push((await this.meta.nsKeys(key.slice(2))).name)
+    let ino = -1
+    let tags = new Set<string>()
+    for await (const key of this.meta.meta.keys({ gte: 'x/', lt: 'x/\xff' })) {
+      this.assertOpen()
+      const parts = key.split('/')
+      const n = parseInt(parts[1] ?? '', 16)
+      if (n !== ino) { ino = n; tags = new Set(nameKeys.map(k => xattrTag(k, n, CAPABILITY_XATTR))) }
+      if (tags.has(parts[2] ?? '')) return true
+    }
+    if (generation === this.capsGeneration) this.setMayHoldCapabilities(false)
+    return false
   }
 
   /**

@@ -127,6 +127,8 @@ export interface FuseOptions {
   attrTimeout?: number
   /** Attribute timeout for directories only (seconds); others keep attrTimeout. */
   dirAttrTimeout?: number
+  /** Start with getxattr(security.capability) answered ENODATA by the binding (setNoCapabilities). */
+  noCapabilities?: boolean
   acAttrTimeout?: number
   allowOther?: boolean
   allowRoot?: boolean
@@ -146,6 +148,8 @@ export interface Fuse {
   readonly mnt: string
   mount (cb: (err: Error | null) => void): void
   unmount (cb: (err: Error | null) => void): void
+  /** true: the binding answers getxattr(security.capability) with ENODATA itself; false: JS does. */
+  setNoCapabilities (none: boolean): void
 }
 
 export interface FuseConstructor {
