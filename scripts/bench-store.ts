@@ -29,7 +29,7 @@
  */
 import { createCipheriv, createHash, randomBytes, randomInt } from 'node:crypto'
 import { fork, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -214,8 +214,29 @@ async function nekBurst (): Promise<{ hits: number, misses: number, tokenCalls: 
   return { hits: st.hits, misses: st.misses, tokenCalls: st.tokenCalls, rate: st.hits / (st.hits + st.misses), seconds }
 }
 
+/**
+ * Kernel CPU of writing 256 MiB into the page cache (s/GiB): how this machine charges for page
+ * cache pages, which the volume's segment writes need and the in-memory ceiling does not. On
+ * this VM it varied from ~0.1 (memory the guest had used recently) to ~3.5 (memory the host
+ * had taken back: every new page faults through to the host), and the write ratio with it.
+ */
+function pageCacheProbe (): { mbps: number, sysPerGib: number } {
+  const file = join(root, 'page-cache-probe')
+  const buf = randomBytes(MIB)
+  const fd = openSync(file, 'w')
+  const c0 = process.cpuUsage()
+  const t0 = performance.now()
+  for (let i = 0; i < 256; i++) writeSync(fd, buf, 0, MIB, i * MIB)
+  const ms = performance.now() - t0
+  const sys = process.cpuUsage(c0).system / 1e6
+  closeSync(fd)
+  rmSync(file)
+  return { mbps: mbps(256 * MIB, ms), sysPerGib: sys * 4 }
+}
+
 async function main (): Promise<void> {
   const dataDir = join(root, 'vol')
+  const probe = pageCacheProbe()
   await startCeiling()
   let s = await initStrata({ dataDir, blockStore: storeKind })
   await settle(500) // the crypto workers start on the same two cores
@@ -256,6 +277,7 @@ async function main (): Promise<void> {
   peakRss = Math.max(peakRss, process.memoryUsage.rss())
   for (const row of rows) console.log(`${(row[0] as string).padEnd(60)} ${(row[1] as string).padStart(8)} ${(row[2] as string).padStart(8)}`)
   console.log(`nek cache, 10,000 block reads in bursts over 3 namespaces: hits=${nek.hits} misses=${nek.misses} hit_rate=${(nek.rate * 100).toFixed(2)}% token_calls=${nek.tokenCalls} (cache period 60 s, run ${nek.seconds.toFixed(1)} s)`)
+  console.log(`machine: page-cache write of 256 MiB before the run: ${fmt(probe.mbps)} MB/s, kernel CPU ${probe.sysPerGib.toFixed(2)} s/GiB (~0.1 when warm; see the README)`)
   console.log(`ceiling slices (MB/s): write ${w.slices.map(fmt).join(' ')} | read ${r.slices.map(fmt).join(' ')}`)
   console.log(`peak rss: ${(peakRss / MIB).toFixed(0)} MiB (write ${rssW.toFixed(0)}, read ${rssR.toFixed(0)}, nek ${rssN.toFixed(0)})`)
   console.log(`store write=${fmt(write)} read=${fmt(read)} ceiling=${fmt(ceil)} write_ratio=${wRatio.toFixed(2)} read_ratio=${rRatio.toFixed(2)}`)

@@ -827,7 +827,8 @@ export class StrataVolume implements Volume {
    * true again before it is stored, and it stays true until the next open. Listeners hear every
    * change (onCapabilities).
    */
-  mayHoldCapabilities = true
+  get mayHoldCapabilities (): boolean { return this.capsMaybe }
+  private capsMaybe = true
   private capsGeneration = 0
   private readonly capsListeners = new Set<(may: boolean) => void>()
 
@@ -838,8 +839,8 @@ export class StrataVolume implements Volume {
   }
 
   private setMayHoldCapabilities (may: boolean): void {
-    if (this.mayHoldCapabilities === may) return
-    this.mayHoldCapabilities = may
+    if (this.capsMaybe === may) return
+    this.capsMaybe = may
     for (const fn of this.capsListeners) fn(may)
   }
 
