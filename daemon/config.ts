@@ -27,6 +27,8 @@ export interface StrataConfigFile {
   sync?: {
     enabled?: boolean
     listen?: string[]
+    /** Addresses other devices are told to reach this one at, instead of the listen addresses. */
+    announce?: string[]
     peers?: string[]
     mdns?: boolean
     deviceName?: string
@@ -67,10 +69,10 @@ export async function readConfig (dataDir: string): Promise<StrataConfigFile> {
   const sync = cfg.sync as Record<string, unknown> | undefined
   if (sync !== undefined) {
     const strings = (v: unknown): boolean => v === undefined || (Array.isArray(v) && v.every(x => typeof x === 'string'))
-    if (typeof sync !== 'object' || sync === null || !strings(sync.listen) || !strings(sync.peers) ||
+    if (typeof sync !== 'object' || sync === null || !strings(sync.listen) || !strings(sync.announce) || !strings(sync.peers) ||
       (sync.enabled !== undefined && typeof sync.enabled !== 'boolean') || (sync.mdns !== undefined && typeof sync.mdns !== 'boolean') ||
       (sync.deviceName !== undefined && typeof sync.deviceName !== 'string')) {
-      throw new VolumeFormatError(`${file}: "sync" must be { enabled?: boolean, listen?: [multiaddr], peers?: [multiaddr], mdns?: boolean, deviceName?: string }`)
+      throw new VolumeFormatError(`${file}: "sync" must be { enabled?: boolean, listen?: [multiaddr], announce?: [multiaddr], peers?: [multiaddr], mdns?: boolean, deviceName?: string }`)
     }
   }
   return cfg

@@ -24,7 +24,7 @@ import type { IdentifyResult } from '@libp2p/interface'
 import { DeviceVault, TokenEnrolment } from '../hsm/index.js'
 import { Replica } from '../fs/volume/index.js'
 import { loadOrCreateDeviceIdentity } from '../net/identity.js'
-import { createStrataNode, refusedPeers, type StrataNode } from '../net/node.js'
+import { createStrataNode, listeningAddrs, refusedPeers, type StrataNode } from '../net/node.js'
 import { PeerDialer } from '../net/peer-dialer.js'
 import { PeerAddressBook, dialableAddrs } from '../net/peer-addresses.js'
 import { BlockExchange } from '../net/block-exchange.js'
@@ -39,6 +39,11 @@ export interface TeamFile { v: 1, id: string, founder: string, records: string[]
 export interface SyncConfig {
   /** Listen multiaddrs (default all interfaces, a random TCP port). */
   listen?: string[]
+  /**
+   * What other devices are told (identify, invite codes) to reach this one at, instead of the
+   * listen addresses: a port forward, a proxy, a tunnel. Default: the listen addresses.
+   */
+  announce?: string[]
   /** Peers named by multiaddr (with /p2p/<id>). */
   peers?: string[]
   /** mDNS discovery on the LAN (default on). */
@@ -103,7 +108,7 @@ async function listenStably (dataDir: string, config: SyncConfig, start: (listen
     log('a remembered listen port is taken (%s): listening on a new one', (err as Error).message)
     node = await start(wanted.map(a => a.replace(/\/tcp\/\d+/, '/tcp/0')))
   }
-  const port = node.getMultiaddrs().map(a => a.getComponents().find(c => c.name === 'tcp')?.value).find(p => p !== undefined)
+  const port = listeningAddrs(node).map(a => a.getComponents().find(c => c.name === 'tcp')?.value).find(p => p !== undefined)
   const listen = wanted.map(a => a.replace(/\/tcp\/\d+/, `/tcp/${port ?? 0}`))
   if (port !== undefined && listen.join() !== (config.listen ?? []).join()) {
     const cfg = await readConfig(dataDir)
@@ -170,7 +175,7 @@ export class SyncNode {
     await logs.open()
     const openInvites: number[] = []
     const allowPeer = (id: string): boolean => devices.isMember(id) || (!devices.removed(id) && openInvites.some(until => until > Date.now()))
-    const node = await listenStably(strata.dataDir, config, async listen => await createStrataNode({ privateKey, listen, mdns: config.mdns ?? true, allowPeer, logger: lg }), log)
+    const node = await listenStably(strata.dataDir, config, async listen => await createStrataNode({ privateKey, listen, announce: config.announce, mdns: config.mdns ?? true, allowPeer, logger: lg }), log)
     const invites = new InviteBook({ store: sub('invites') }, { teamId: team.id, peerId: self, addresses: () => node.getMultiaddrs().map(a => a.toString()) })
     const logSync = logSyncForNode(node, { logs, devices })
     // The exchange sees the store through RepairBlockStore so that a damaged copy can be fetched again.

@@ -9,7 +9,7 @@ import { mdns as mdnsDiscovery } from '@libp2p/mdns'
 import { identify } from '@libp2p/identify'
 import { defaultLogger } from '@libp2p/logger'
 import type { ComponentLogger, ConnectionGater, Logger, PeerId, PeerInfo, PrivateKey } from '@libp2p/interface'
-import type { Multiaddr } from '@multiformats/multiaddr'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import {
   DEFAULT_LISTEN, MAX_CONNECTIONS, MDNS_INTERVAL_MS, MDNS_SERVICE_TAG, MUXER_MAX_INBOUND_STREAMS,
   MUXER_MAX_OUTBOUND_STREAMS, MUXER_MAX_READ_BUFFER, MUXER_MAX_STREAM_WINDOW
@@ -27,11 +27,24 @@ export interface StrataNodeInit {
   privateKey: PrivateKey
   /** Listen multiaddrs; default ['/ip4/0.0.0.0/tcp/0']. */
   listen?: string[]
+  /** Announced instead of the listen addresses (identify, getMultiaddrs); default none. */
+  announce?: string[]
   /** LAN discovery; an object sets the query interval (ms). Default off. */
   mdns?: boolean | { interval?: number }
   /** Only peers this accepts get past the Noise handshake, either direction. Called often: keep it cheap. */
   allowPeer: AllowPeer
   logger?: ComponentLogger
+}
+
+/**
+ * The addresses the node really listens on (its transports'), whatever it announces:
+ * `getMultiaddrs()` gives the announced ones when `announce` is set. `components` is a public
+ * field of libp2p 3's Libp2p class, though not of its interface type.
+ */
+export function listeningAddrs (node: StrataNode): Multiaddr[] {
+  const tm = (node as unknown as { components?: { transportManager?: { getAddrs?: () => Multiaddr[] } } }).components?.transportManager
+  if (typeof tm?.getAddrs !== 'function') throw new Error('libp2p changed: no components.transportManager.getAddrs()')
+  return tm.getAddrs()
 }
 
 /** Inbound connections the gater closed after Noise: how many, and the latest peers (for status). */
@@ -94,6 +107,13 @@ export async function createStrataNode (init: StrataNodeInit): Promise<StrataNod
   if (init.privateKey?.type !== 'Ed25519') throw new InvalidParametersError('the device key must be an Ed25519 private key')
   const listen = init.listen ?? DEFAULT_LISTEN
   if (!Array.isArray(listen) || listen.some(a => typeof a !== 'string')) throw new InvalidParametersError('listen must be a list of multiaddr strings')
+  const announce = init.announce ?? []
+  if (!Array.isArray(announce)) throw new InvalidParametersError('announce must be a list of multiaddr strings')
+  for (const a of announce) {
+    let ok = false
+    try { ok = typeof a === 'string' && multiaddr(a).getComponents().length > 0 } catch {}
+    if (!ok) throw new InvalidParametersError(`announce: not a multiaddr: ${String(a)}`)
+  }
   const logger = init.logger ?? defaultLogger()
   const log = logger.forComponent('net:node')
   const mdnsOn = init.mdns != null && init.mdns !== false
@@ -104,7 +124,7 @@ export async function createStrataNode (init: StrataNodeInit): Promise<StrataNod
   const node = await createLibp2p({
     privateKey: init.privateKey,
     logger,
-    addresses: { listen },
+    addresses: { listen, ...(announce.length > 0 ? { announce } : {}) },
     transports: [tcp()],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux({

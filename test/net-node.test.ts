@@ -8,7 +8,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { BlockExchange } from '../net/block-exchange.js'
 import { BLOCKS_MAX_INBOUND_STREAMS, BLOCKS_PROTOCOL } from '../net/constants.js'
 import { PeerDialer } from '../net/peer-dialer.js'
-import { refusedPeers } from '../net/node.js'
+import { createStrataNode, listeningAddrs, refusedPeers } from '../net/node.js'
 import { encodeRequest } from '../net/block-messages.js'
 import { writeFrame } from '../net/wire.js'
 import { addrOf, allowList, introduce, makeNode, makeStore, once } from './helpers/net.js'
@@ -80,6 +80,23 @@ t.test('two enrolled nodes connect and exchange a stream; an unlisted peer is re
   // The enrolled connection is unaffected.
   const s2 = await b.dialProtocol(a.peerId, ECHO)
   t.ok(Buffer.from(await echoOnce(s2, Buffer.from('again'))).equals(Buffer.from('again')))
+})
+
+t.test('identify: a peer learns where the other listens, or what it announces instead; a bad announce address is refused', async t => {
+  const a = await makeNode(t)
+  const b = await makeNode(t, { announce: ['/ip4/127.0.0.1/tcp/9'] })
+  const real = listeningAddrs(b).map(String)
+  t.ok(real.some(x => /\/tcp\/\d+/.test(x) && !x.includes('/tcp/9/')), `b really listens on ${real.join(' ')}`)
+  t.same(b.getMultiaddrs().map(x => x.decapsulateCode(421).toString()), ['/ip4/127.0.0.1/tcp/9'], 'and announces only the announce address')
+  type Identified = { listenAddrs: Array<{ toString: () => string }> }
+  const aLearns = once<Identified>(a, 'peer:identify')
+  const bLearns = once<Identified>(b, 'peer:identify')
+  await a.dial(multiaddr(`${real[0] as string}/p2p/${b.peerId.toString()}`))
+  t.same((await aLearns).listenAddrs.map(String), ['/ip4/127.0.0.1/tcp/9'], 'identify tells a the announced address')
+  t.same((await bLearns).listenAddrs.map(String), listeningAddrs(a).map(String), 'and b, without announce, a\'s listen addresses')
+  for (const bad of [['not-an-addr'], [''], [42]]) {
+    await t.rejects(createStrataNode({ privateKey: await generateKeyPair('Ed25519'), listen: [], announce: bad as string[], allowPeer: () => true }), /announce: not a multiaddr/, `announce ${JSON.stringify(bad)}`)
+  }
 })
 
 t.test('per-protocol inbound stream limit: one peer cannot open more than the limit', async t => {

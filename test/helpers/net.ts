@@ -45,6 +45,7 @@ export interface NodeOptions {
   key?: PrivateKey
   allow?: AllowPeer
   listen?: string[]
+  announce?: string[]
 }
 
 /** A node on 127.0.0.1 (random port unless listen is given), stopped at teardown. */
@@ -52,6 +53,7 @@ export async function makeNode (t: Test, opts: NodeOptions = {}): Promise<Strata
   const node = await createStrataNode({
     privateKey: opts.key ?? await generateKeyPair('Ed25519'),
     listen: opts.listen ?? ['/ip4/127.0.0.1/tcp/0'],
+    ...(opts.announce !== undefined ? { announce: opts.announce } : {}),
     allowPeer: opts.allow ?? (() => true)
   })
   t.teardown(async () => { await node.stop() })

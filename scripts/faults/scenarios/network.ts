@@ -1,10 +1,11 @@
 /**
  * Network faults between real daemons on loopback: a peer killed mid-transfer, connections cut
  * again and again by a proxy, and a partition with edits on both sides. B reaches A only through
- * the proxy (B listens nowhere, so A cannot dial it directly), which the proxy can cut or drop.
+ * the proxy (B listens nowhere, so A cannot dial it directly, and A announces the proxy's
+ * address as its own), which the proxy can cut or drop.
  */
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { sh, type Drive } from '../../../test/helpers/mount.js'
 import { firstDrive, ok, same, status, until } from '../../../test/helpers/team.js'
@@ -36,6 +37,13 @@ async function proxiedPair (ctx: FaultContext, cut?: () => CutPlan | undefined):
   const { id: aId, port } = await address(a)
   const proxy = await TcpProxy.start({ target: { host: '127.0.0.1', port }, cut })
   ctx.teardown(async () => { await proxy.stop() })
+  // A tells B (identify, the invite) to reach it at the proxy: otherwise B learns A's own
+  // address on the first connection and redials that, around the proxy. A keeps its port.
+  await a.unmount()
+  const file = join(a.dataDir, 'strata.json')
+  const cfg = JSON.parse(readFileSync(file, 'utf8'))
+  writeFileSync(file, JSON.stringify({ ...cfg, sync: { ...cfg.sync, announce: [`/ip4/127.0.0.1/tcp/${proxy.port}`] } }))
+  await remount(a)
   const b = await joinWith(ctx, a, 'b', sync => ({ ...sync, listen: [], peers: [`/ip4/127.0.0.1/tcp/${proxy.port}/p2p/${aId}`] }))
   return { a, b, proxy, aId }
 }
