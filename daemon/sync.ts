@@ -26,7 +26,7 @@ import { Replica } from '../fs/volume/index.js'
 import { loadOrCreateDeviceIdentity } from '../net/identity.js'
 import { createStrataNode, listeningAddrs, refusedPeers, type StrataNode } from '../net/node.js'
 import { PeerDialer } from '../net/peer-dialer.js'
-import { PeerAddressBook, dialableAddrs } from '../net/peer-addresses.js'
+import { PeerAddressBook, dialableAddrs, isLoopback } from '../net/peer-addresses.js'
 import { BlockExchange } from '../net/block-exchange.js'
 import { BlockRepair, RepairBlockStore } from '../net/block-repair.js'
 import { InviteBook } from '../net/invite.js'
@@ -251,7 +251,8 @@ export class SyncNode {
   private readonly onIdentify = (evt: CustomEvent<IdentifyResult>): void => {
     const id = evt.detail.peerId.toString()
     if (id === this.self || !this.devices.isMember(id)) return
-    const addrs = dialableAddrs(evt.detail.listenAddrs)
+    // A peer's loopback addresses are its own host's: kept only when it connected from here.
+    const addrs = dialableAddrs(evt.detail.listenAddrs, { sameHost: isLoopback(evt.detail.connection.remoteAddr) })
     if (addrs.length === 0) return
     this.dialer.add(id, addrs)
     this.addressBook.remember(id, addrs).catch(err => { this.log.error('remembering the addresses of device %s failed: %e', id, err) })

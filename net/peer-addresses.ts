@@ -11,16 +11,28 @@ export const MAX_ADDRS_PER_PEER = 16
 
 type Db = AbstractLevel<any, string, Uint8Array>
 
+/** 127.0.0.0/8 or ::1. */
+function loopback (ip: string | undefined): boolean {
+  return ip !== undefined && (ip.startsWith('127.') || ip === '::1')
+}
+
+/** Whether a connection's remote address is a loopback one (the peer runs on this host). */
+export function isLoopback (addr: Multiaddr): boolean {
+  return loopback(addr.getComponents()[0]?.value)
+}
+
 /**
  * The dialable addresses among those a peer announced: TCP over IPv4/IPv6 without relays, at
  * most MAX_ADDRS_PER_PEER, in the peer's order, without /p2p/ (the dialer knows the id).
+ * Loopback addresses only with `sameHost` (they reach a peer only from its own host).
  */
-export function dialableAddrs (addrs: Multiaddr[]): string[] {
+export function dialableAddrs (addrs: Multiaddr[], options: { sameHost?: boolean } = {}): string[] {
   const out: string[] = []
   for (const a of addrs) {
     const parts = a.getComponents()
     const ip = parts[0]?.name
     if (ip !== 'ip4' && ip !== 'ip6') continue
+    if (options.sameHost !== true && loopback(parts[0]?.value)) continue
     if (parts[1]?.name !== 'tcp' || parts.slice(2).some(c => c.name !== 'p2p')) continue
     const s = multiaddr(parts.slice(0, 2).map(c => `/${c.name}/${c.value ?? ''}`).join('')).toString()
     if (!out.includes(s)) out.push(s)
@@ -48,7 +60,7 @@ export class PeerAddressBook {
     try {
       const v: unknown = JSON.parse(Buffer.from(raw).toString('utf8'))
       if (!Array.isArray(v) || v.length > MAX_ADDRS_PER_PEER || v.some(a => typeof a !== 'string')) throw new Error('not a list of addresses')
-      return dialableAddrs(v.map(a => multiaddr(a)))
+      return dialableAddrs(v.map(a => multiaddr(a)), { sameHost: true })
     } catch (err) {
       this.log.error('the remembered addresses of device %s are damaged, ignoring them (they are learnt again on the next connection): %s', peer, (err as Error).message)
       return []

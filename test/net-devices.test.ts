@@ -12,7 +12,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PrivateKey } from '@libp2p/interface'
 import { DeviceList, newTeamId, decodeRecord, encodeRecord, signRecord } from '../net/log/index.js'
-import { PeerAddressBook, dialableAddrs, MAX_ADDRS_PER_PEER } from '../net/peer-addresses.js'
+import { PeerAddressBook, dialableAddrs, isLoopback, MAX_ADDRS_PER_PEER } from '../net/peer-addresses.js'
 import { multiaddr } from '@multiformats/multiaddr'
 import { format } from 'node:util'
 
@@ -214,7 +214,11 @@ t.test('remembered listen addresses: only dialable TCP ones, replaced as announc
   t.same(dialableAddrs([
     multiaddr('/ip4/127.0.0.1/tcp/4001'), multiaddr(`/ip4/10.0.0.5/tcp/4001/p2p/${id}`), multiaddr('/ip6/::1/tcp/4002'),
     multiaddr('/ip4/10.0.0.5/udp/4001/quic-v1'), multiaddr('/dns4/example.org/tcp/1'), multiaddr(`/ip4/1.2.3.4/tcp/1/p2p/${id}/p2p-circuit`), multiaddr('/ip4/127.0.0.1/tcp/4001')
-  ]), ['/ip4/127.0.0.1/tcp/4001', '/ip4/10.0.0.5/tcp/4001', '/ip6/::1/tcp/4002'], 'TCP over IP only, without /p2p/, each once')
+  ], { sameHost: true }), ['/ip4/127.0.0.1/tcp/4001', '/ip4/10.0.0.5/tcp/4001', '/ip6/::1/tcp/4002'], 'TCP over IP only, without /p2p/, each once')
+  t.same(dialableAddrs([multiaddr('/ip4/127.0.0.1/tcp/1'), multiaddr('/ip4/192.168.1.2/tcp/1'), multiaddr('/ip6/::1/tcp/1'), multiaddr('/ip4/127.9.9.9/tcp/1')]),
+    ['/ip4/192.168.1.2/tcp/1'], 'loopback addresses only for a peer on this host')
+  t.equal(isLoopback(multiaddr('/ip4/127.0.0.1/tcp/5')), true)
+  t.equal(isLoopback(multiaddr('/ip4/10.1.1.1/tcp/5')), false)
   t.equal(dialableAddrs(Array.from({ length: 40 }, (_, i) => multiaddr(`/ip4/10.0.0.${i}/tcp/1`))).length, MAX_ADDRS_PER_PEER, 'at most MAX_ADDRS_PER_PEER')
 
   t.same(await book.get(id), [], 'nothing known at first')
