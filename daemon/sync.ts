@@ -294,6 +294,8 @@ export class SyncNode {
       device: this.self,
       addresses: this.node.getMultiaddrs().map(a => a.toString()),
       peers: this.logSync.peers(),
+      // Where this device looks for each team device it dials, and how that goes.
+      dialing: this.dialer.list(),
       devices: this.devices.members().length,
       log: this.logSync.stats(),
       blocks: this.blocks.stats(),

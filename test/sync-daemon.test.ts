@@ -101,6 +101,9 @@ t.test('a device that restarts on a new port finds the device that only ever dia
   t.notOk(now.some(x => x.includes(`/tcp/${port}/`)), `a listens elsewhere now (${now.join(' ')})`)
   await sh(`echo two > "${a.mnt}/two.txt"`)
   t.ok(await waitFor(t, 'a dials b where b said it listens', same(a, b)), 'a reconnects to b from the remembered address and the change arrives')
+  const dialing = (await status(a)).sync.dialing as Array<{ peer: string, addrs: string[], connected: boolean }>
+  const bId = (await status(b)).sync.device as string
+  t.ok(dialing.some(p => p.peer === bId && p.connected && p.addrs.some(x => x.startsWith('/ip4/127.0.0.1/tcp/'))), `status shows where a dials b: ${JSON.stringify(dialing)}`)
 })
 
 t.test('only changed blocks cross the network: a rename moves none, a 1 MiB change moves at most two blocks', async t => {
