@@ -9,11 +9,11 @@ import { makeDrive, sh, strata, type Drive } from '../../test/helpers/mount.js'
 import { LOOPBACK, ok, status, until } from '../../test/helpers/team.js'
 import type { FaultContext } from './harness.js'
 
-/** A device joined to `inviter`'s team, loopback, then `edit` applied to its strata.json "sync". */
-export async function joinWith (ctx: FaultContext, inviter: Drive, name: string, edit: (sync: Record<string, any>) => Record<string, any> = s => s): Promise<Drive> {
+/** A device joined to `inviter`'s team, loopback, then `edit` applied to its strata.json "sync"; `joined` is called after the join, before the mount. */
+export async function joinWith (ctx: FaultContext, inviter: Drive, name: string, edit: (sync: Record<string, any>) => Record<string, any> = s => s, joined?: () => void): Promise<Drive> {
   const code = (await ok(['invite', '--data', inviter.dataDir])).trim().split('\n').pop() as string
   return await makeDrive(ctx, {
-    create: async dataDir => { await ok(['join', code, '--data', dataDir, '--name', name]) },
+    create: async dataDir => { await ok(['join', code, '--data', dataDir, '--name', name]); joined?.() },
     config: cfg => { const c = LOOPBACK(cfg); return { ...c, sync: edit(c.sync) } }
   })
 }

@@ -35,7 +35,10 @@ async function connected (ctx: FaultContext, b: Drive, aId: string, ms = 60_000)
 async function proxiedPair (ctx: FaultContext, cut?: () => CutPlan | undefined): Promise<{ a: Drive, b: Drive, proxy: TcpProxy, aId: string }> {
   const a = await firstDrive(ctx)
   const { id: aId, port } = await address(a)
-  const proxy = await TcpProxy.start({ target: { host: '127.0.0.1', port }, cut })
+  // The enrolment (`strata join`) reaches A through the proxy too, since A announces it, and
+  // must not be cut: cutting starts once B has joined, before B's daemon first connects.
+  let armed = false
+  const proxy = await TcpProxy.start({ target: { host: '127.0.0.1', port }, cut: () => armed ? cut?.() : undefined })
   ctx.teardown(async () => { await proxy.stop() })
   // A tells B (identify, the invite) to reach it at the proxy: otherwise B learns A's own
   // address on the first connection and redials that, around the proxy. A keeps its port.
@@ -44,7 +47,7 @@ async function proxiedPair (ctx: FaultContext, cut?: () => CutPlan | undefined):
   const cfg = JSON.parse(readFileSync(file, 'utf8'))
   writeFileSync(file, JSON.stringify({ ...cfg, sync: { ...cfg.sync, announce: [`/ip4/127.0.0.1/tcp/${proxy.port}`] } }))
   await remount(a)
-  const b = await joinWith(ctx, a, 'b', sync => ({ ...sync, listen: [], peers: [`/ip4/127.0.0.1/tcp/${proxy.port}/p2p/${aId}`] }))
+  const b = await joinWith(ctx, a, 'b', sync => ({ ...sync, listen: [], peers: [`/ip4/127.0.0.1/tcp/${proxy.port}/p2p/${aId}`] }), () => { armed = true })
   return { a, b, proxy, aId }
 }
 
