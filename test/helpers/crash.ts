@@ -137,6 +137,25 @@ export function checkAcked (logFile: string, markerDir: string, size: number, ac
   return ''
 }
 
+/** The most one FUSE write request carries (the mount's max_write): a longer write() is split. */
+export const FUSE_MAX_WRITE = 128 * 1024
+
+/**
+ * Whether an ack-writer "ERR ..." line is how a client of a killed daemon may fail:
+ * - ENOTCONN, or ECONNABORTED for a request in flight;
+ * - "EIO short write" for a record longer than FUSE_MAX_WRITE (`recordSize`): the kernel split
+ *   the write() and returns the bytes of the requests done before the kill;
+ * - plain EIO when the daemon logged no error (`daemonErrors` empty; it logs every EIO it
+ *   answers): the kernel ends a request with EIO when the daemon's reply to it cannot be copied
+ *   in (fuse_dev_do_write), which a SIGKILL during that reply causes. Seen about once per 100
+ *   kills, on a write(2) of a 4 KiB record (the writer names the operation).
+ */
+export function killedDaemonError (err: string, daemonErrors: string[], recordSize = 0): boolean {
+  if (/^ERR \d+ (ENOTCONN|ECONNABORTED) /.test(err)) return true
+  if (recordSize > FUSE_MAX_WRITE && /^ERR 5 EIO short write of \d+ bytes/.test(err)) return true
+  return /^ERR 5 EIO /.test(err) && daemonErrors.length === 0
+}
+
 /** SIGKILL the daemon and wait (bounded) until it has exited; false if it did not. */
 export async function killDaemon (pid: number, boundMs = 30_000): Promise<boolean> {
   process.kill(pid, 'SIGKILL')

@@ -18,7 +18,7 @@ import { firstDrive, joinDrive, until } from '../../../test/helpers/team.js'
 import { request, socketPath } from '../../../daemon/control.js'
 import type { FsckReport } from '../../../fs/volume/index.js'
 import {
-  PY, checkAcked, isMounted, killDaemon, remountAfterKill, running, sleep, spawnLines, startWriter, within, type Writer
+  PY, checkAcked, isMounted, killDaemon, killedDaemonError, remountAfterKill, running, sleep, spawnLines, startWriter, within, type Writer
 } from '../../../test/helpers/crash.js'
 import { sha, writeRandom } from '../team-faults.js'
 import type { FaultContext, Scenario } from '../harness.js'
@@ -94,30 +94,15 @@ async function awaitAcks (ctx: FaultContext, w: Writer, target: number): Promise
   ctx.check(w.acked() >= target, `the writer acknowledged only ${w.acked() + 1} records before the kill: ${w.lines.slice(-3).join(' | ')}`)
 }
 
-/** The most one FUSE write request carries (the mount's max_write): a longer write() is split. */
-const FUSE_MAX_WRITE = 128 * 1024
-
-/**
- * A client of a killed daemon fails with ENOTCONN (or ECONNABORTED for a request in flight).
- * A write() the kernel split into several requests returns instead the bytes of those done
- * before the kill, which ack-writer.py reports as "EIO short write": allowed for such records.
- * Plain EIO is allowed too when the daemon logged no error (every EIO the daemon answers is
- * logged): the kernel ends a request with EIO when the daemon's reply to it cannot be copied
- * in (fuse_dev_do_write), which a SIGKILL during that reply causes. Seen about once per 100
- * kills in crash-during-nek-rotation, on a write(2) of a 4 KiB record (the writer names the
- * operation); never with a daemon error line.
- */
+/** A client of a killed daemon must fail as killedDaemonError allows; else the daemon's errors say why. */
 function checkDisconnected (ctx: FaultContext, d: Drive, lines: string[], who: string, recordSize = 0): void {
   const err = lines.find(l => l.startsWith('ERR ')) ?? `(no ERR line: ${lines.slice(-3).join(' | ')})`
-  const split = recordSize > FUSE_MAX_WRITE && /^ERR 5 EIO short write of \d+ bytes/.test(err)
-  if (split || /^ERR \d+ (ENOTCONN|ECONNABORTED) /.test(err)) return
-  // An error the daemon answered before it was killed: its log says why.
-  const logged = readFileSync(join(d.dataDir, 'strata.log'), 'utf8').split('\n').filter(l => / error /.test(l)).slice(-5).join(' | ')
-  if (/^ERR 5 EIO /.test(err) && logged === '') {
-    ctx.log(`${who}: ${err} at the kill, no daemon error: a reply cut by the kill`)
+  const logged = readFileSync(join(d.dataDir, 'strata.log'), 'utf8').split('\n').filter(l => / error /.test(l)).slice(-5)
+  if (killedDaemonError(err, logged, recordSize)) {
+    if (/^ERR 5 EIO /.test(err) && !/short write/.test(err)) ctx.log(`${who}: ${err} at the kill, no daemon error: a reply cut by the kill`)
     return
   }
-  ctx.fail(`${who} failed with something else than ENOTCONN/ECONNABORTED: ${err}; the daemon's last errors: ${logged}`)
+  ctx.fail(`${who} failed with something else than ENOTCONN/ECONNABORTED: ${err}; the daemon's last errors: ${logged.join(' | ')}`)
 }
 
 /** What one iteration's writer left: its log and markers are named after the iteration. */
