@@ -393,6 +393,7 @@ export class FuseAdapter {
     })
     this.fuse = undefined
     this.offCapabilities?.()
+    this.offCapabilities = undefined
     this.scratch.clear()
   }
 }
