@@ -8,11 +8,13 @@
  */
 import t from 'tap'
 import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { existsSync, mkdtempSync, mkdirSync, chmodSync, rmSync, writeFileSync, utimesSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { loadFuseNative, patchedFuseNativePath, type Fuse, type FuseOptions } from '../fs/fuse/native/fuse-native.js'
+import { mountDevice, raiseReadAhead } from '../fs/fuse/adapter.js'
 import { memFs, type MemFs, type MemFsOptions } from '../fs/fuse/native/test/memfs.js'
 
 const run = promisify(execFile)
@@ -238,6 +240,19 @@ print(json.dumps(r))`))) as Record<string, unknown>
     t.equal(viaFsname.fs.maxWrite, 131072, 'the fsname hack still works')
     t.match(await viaFsname.sh('grep " $M " /proc/mounts'), /^strata /, 'fsname shows in /proc/mounts')
 
+    // 1 MiB requests: the binding's own channel adds FUSE_MAX_PAGES to the INIT reply
+    const wide = await mount(t, { maxWrite: 1 << 20, maxRead: 1 << 20 })
+    await wide.sh('dd if=/dev/urandom of=f bs=4M count=1 status=none')
+    t.equal(wide.fs.maxWrite, 1 << 20, 'maxWrite 1 MiB: 1 MiB FUSE writes')
+    t.equal(await raiseReadAhead(wide.mnt, 1 << 20), undefined, 'read-ahead raised')
+    await wide.sh('echo 3 > /proc/sys/vm/drop_caches; dd if=f of=/dev/null bs=4M status=none')
+    t.equal(wide.fs.maxRead, 1 << 20, 'and 1 MiB FUSE reads')
+    const f = wide.fs.lookup('/f')
+    t.equal((await wide.sh('sha256sum < f')).split(' ')[0], f === undefined ? 'missing' : createHash('sha256').update(f.data.subarray(0, f.size)).digest('hex'), 'what was read is what was written')
+    await wide.sh('dd if=/dev/urandom of=g bs=3M count=1 status=none; cp g h; cmp g h; truncate -s 5000000 h; dd if=/dev/urandom of=h bs=1M seek=1 count=2 conv=notrunc status=none; cmp -s g h && exit 1; true')
+    t.equal(await wide.sh('stat -c %s h'), '5000000\n', 'copies, truncates and overwrites through 1 MiB requests')
+    t.equal(big.fs.maxRead <= 131072, true, 'the default mount stays at 128 KiB')
+
     const lookups = async (m: Mounted): Promise<number> => {
       await m.sh('touch f')
       const before = m.fs.calls.filter(c => c.op === 'getattr' && c.path === '/f').length
@@ -289,4 +304,18 @@ print(json.dumps(r))`))) as Record<string, unknown>
     const plain = await mount(t, {}, { aclEopnotsupp: false })
     t.equal(await plain.sh('printf "abc\\n" > f; chmod 640 f; sed -i s/a/b/ f; stat -c %a f'), '600\n', 'stored as plain data instead, the mode is lost (the bug)')
   })
+})
+
+t.test('mountDevice finds a mount\'s MAJOR:MINOR in mountinfo, escaped names included', async t => {
+  const info = [
+    '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw',
+    '40 22 0:40 / /tmp/a\\040b rw,nosuid - fuse.strata strata rw,user_id=0',
+    '41 22 0:41 / /tmp/c\\134d rw - fuse.strata strata rw',
+    '42 22 0:42 / /tmp/a\\040b rw - fuse.strata strata rw', // mounted over the first: the last wins
+    ''
+  ].join('\n')
+  t.equal(mountDevice(info, '/tmp/a b'), '0:42')
+  t.equal(mountDevice(info, '/tmp/c\\d'), '0:41')
+  t.equal(mountDevice(info, '/'), '254:0')
+  t.equal(mountDevice(info, '/tmp/a'), undefined)
 })

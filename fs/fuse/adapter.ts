@@ -5,6 +5,7 @@
  * uid/gid to new entries, and nothing else: every file-system rule lives in the volume.
  */
 import { constants as C } from 'node:fs'
+import { readFile, statfs, writeFile } from 'node:fs/promises'
 import { constants as OS } from 'node:os'
 import { loadFuseNative, type Fuse, type FuseCaller, type FuseOps, type FuseOptions, type FuseStat, type FuseUtime } from './native/fuse-native.js'
 import { toErrno } from './errno.js'
@@ -43,8 +44,13 @@ const O_ACCMODE = 3
 const XATTR_REPLACE = 2
 /** Every op is answered within this many ms (ETIMEDOUT), so an application never hangs. */
 const OP_TIMEOUT_MS = 30_000
-/** Largest read or write libfuse hands us (maxRead/maxWrite below). */
-const MAX_IO = 128 * 1024
+/**
+ * Largest read or write libfuse hands us (maxRead/maxWrite below): 1 MiB, the kernel's
+ * max_pages limit, which the patched binding negotiates (native/README.md item 11); libfuse2
+ * alone stops at 128 KiB.
+ */
+export const FUSE_MAX_IO = 1024 * 1024
+const MAX_IO = FUSE_MAX_IO
 
 /** Free scratch buffers kept: more than the kernel has reads and writes in flight at once. */
 const MAX_SCRATCH = 16
@@ -383,6 +389,8 @@ export class FuseAdapter {
     fuse.setNoCapabilities(!this.vol.mayHoldCapabilities)
     this.fuse = fuse
     this.offCapabilities = off
+    const ra = await raiseReadAhead(this.mountpoint, MAX_IO)
+    if (ra !== undefined) this.log(`read-ahead stays at the kernel's default: ${ra}`)
   }
 
   async unmount (): Promise<void> {
@@ -396,6 +404,43 @@ export class FuseAdapter {
     this.offCapabilities = undefined
     this.scratch.clear()
   }
+}
+
+/**
+ * The kernel reads ahead at most 128 KiB in a FUSE file (the bdi's default, which it lowers
+ * further to what the INIT reply allows), so a sequential reader's requests stay at 128 KiB
+ * however large max_read is. Once the mount answers, its bdi (/sys/class/bdi/MAJOR:MINOR) is
+ * raised to `bytes`; writing there needs root.
+ *
+ * The statfs() is a FUSE request that returns only after the kernel processed the INIT reply
+ * (which would otherwise undo the raise). Call it only with the mount's requests being served
+ * meanwhile: it is asynchronous (libuv's pool); on the thread that answers, a synchronous one
+ * would deadlock. Not a stat(): that would leave the root's attributes cached, and for that
+ * long a stat of the mountpoint would still succeed after the daemon died. The device number
+ * comes from /proc/self/mountinfo. Returns why it could not, or undefined.
+ */
+export async function raiseReadAhead (mountpoint: string, bytes: number): Promise<string | undefined> {
+  try {
+    await statfs(mountpoint)
+    const dev = mountDevice(await readFile('/proc/self/mountinfo', 'utf8'), mountpoint)
+    if (dev === undefined) return `${mountpoint} is not in /proc/self/mountinfo`
+    await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(Math.floor(bytes / 1024)))
+    return undefined
+  } catch (err) {
+    return (err as Error).message
+  }
+}
+
+/** MAJOR:MINOR of the last mount at `mountpoint` in a mountinfo text (proc(5)). */
+export function mountDevice (mountinfo: string, mountpoint: string): string | undefined {
+  // mount points are written with space, tab, newline and backslash as octal escapes
+  const escaped = mountpoint.replace(/[ \t\n\\]/g, c => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'))
+  let dev: string | undefined
+  for (const line of mountinfo.split('\n')) {
+    const f = line.split(' ')
+    if (f[4] === escaped && /^\d+:\d+$/.test(f[2] ?? '')) dev = f[2]
+  }
+  return dev
 }
 
 /**

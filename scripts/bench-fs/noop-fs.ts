@@ -13,6 +13,7 @@
  */
 import { constants as C } from 'node:fs'
 import { constants as OS } from 'node:os'
+import { FUSE_MAX_IO, raiseReadAhead } from '../../fs/fuse/adapter.js'
 import { loadFuseNative, type FuseCaller, type FuseOps, type FuseOptions, type FuseStat } from '../../fs/fuse/native/fuse-native.js'
 
 const E = OS.errno
@@ -288,8 +289,8 @@ const options: FuseOptions = {
   useIno: true,
   hardRemove: false,
   bigWrites: true,
-  maxWrite: 128 * 1024,
-  maxRead: 128 * 1024,
+  maxWrite: FUSE_MAX_IO,
+  maxRead: FUSE_MAX_IO,
   attrTimeout: 0,
   entryTimeout: 1,
   negativeTimeout: 0,
@@ -325,5 +326,9 @@ process.on('message', (m: { cmd?: string }) => {
 })
 fuse.mount(err => {
   if (err !== null) { send({ error: err.message }); process.exit(1) }
-  send({ ready: true, pid: process.pid, options })
+  // the read-ahead Strata's adapter sets after its mount
+  void raiseReadAhead(mountpoint, Math.max(options.maxRead ?? 0, 128 * 1024)).then(ra => {
+    if (ra !== undefined) console.error(`noop-fs: read-ahead stays at the kernel's default: ${ra}`)
+    send({ ready: true, pid: process.pid, options })
+  })
 })

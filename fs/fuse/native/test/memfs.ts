@@ -56,6 +56,8 @@ export interface MemFs {
   utimens: Array<{ path: string | null, atime: FuseUtime | number, mtime: FuseUtime | number }>
   /** Largest write the kernel sent. */
   maxWrite: number
+  /** Largest read request seen. */
+  maxRead: number
   lookup (path: string): MemNode | undefined
 }
 
@@ -227,6 +229,7 @@ export function memFs (opts: MemFsOptions = {}): MemFs {
       log('read', path, caller)
       const n = node(path, fd)
       if (n === undefined) return cb(E.EBADF)
+      if (len > memfs.maxRead) memfs.maxRead = len
       cb(n.data.copy(buf, 0, Math.min(pos, n.size), Math.min(pos + len, n.size)))
     },
     write: (path, fd, buf, len, pos, cb, caller) => {
@@ -366,6 +369,6 @@ export function memFs (opts: MemFsOptions = {}): MemFs {
       cb(n.xattrs.delete(name) ? 0 : E.ENODATA)
     }
   }
-  const memfs: MemFs = { ops, root, calls, utimens, maxWrite: 0, lookup }
+  const memfs: MemFs = { ops, root, calls, utimens, maxWrite: 0, maxRead: 0, lookup }
   return memfs
 }
