@@ -9,9 +9,9 @@
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdtempSync, mkdirSync, chmodSync, rmSync, writeFileSync, utimesSync } from 'node:fs'
+import { existsSync, mkdtempSync, mkdirSync, chmodSync, rmSync, symlinkSync, writeFileSync, utimesSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import { loadFuseNative, patchedFuseNativePath, type Fuse, type FuseOptions } from '../fs/fuse/native/fuse-native.js'
 import { mountDevice, raiseReadAhead } from '../fs/fuse/adapter.js'
@@ -245,6 +245,10 @@ print(json.dumps(r))`))) as Record<string, unknown>
     await wide.sh('dd if=/dev/urandom of=f bs=4M count=1 status=none')
     t.equal(wide.fs.maxWrite, 1 << 20, 'maxWrite 1 MiB: 1 MiB FUSE writes')
     t.equal(await raiseReadAhead(wide.mnt, 1 << 20), undefined, 'read-ahead raised')
+    const alias = `${dirname(wide.mnt)}-link`
+    symlinkSync(dirname(wide.mnt), alias)
+    t.teardown(() => { rmSync(alias, { force: true }) })
+    t.equal(await raiseReadAhead(join(alias, 'mnt'), 1 << 20), undefined, 'also named through a symlink (mountinfo has the real path)')
     await wide.sh('echo 3 > /proc/sys/vm/drop_caches; dd if=f of=/dev/null bs=4M status=none')
     t.equal(wide.fs.maxRead, 1 << 20, 'and 1 MiB FUSE reads')
     const f = wide.fs.lookup('/f')

@@ -5,7 +5,8 @@
  * uid/gid to new entries, and nothing else: every file-system rule lives in the volume.
  */
 import { constants as C } from 'node:fs'
-import { readFile, statfs, writeFile } from 'node:fs/promises'
+import { readFile, realpath, statfs, writeFile } from 'node:fs/promises'
+import { basename, dirname, join, resolve } from 'node:path'
 import { constants as OS } from 'node:os'
 import { loadFuseNative, type Fuse, type FuseCaller, type FuseOps, type FuseOptions, type FuseStat, type FuseUtime } from './native/fuse-native.js'
 import { toErrno } from './errno.js'
@@ -422,8 +423,10 @@ export class FuseAdapter {
 export async function raiseReadAhead (mountpoint: string, bytes: number): Promise<string | undefined> {
   try {
     await statfs(mountpoint)
-    const dev = mountDevice(await readFile('/proc/self/mountinfo', 'utf8'), mountpoint)
-    if (dev === undefined) return `${mountpoint} is not in /proc/self/mountinfo`
+    // mountinfo names the mount by its real path; the parent's resolves without a FUSE request
+    const real = join(await realpath(dirname(resolve(mountpoint))), basename(mountpoint))
+    const dev = mountDevice(await readFile('/proc/self/mountinfo', 'utf8'), real)
+    if (dev === undefined) return `${real} is not in /proc/self/mountinfo`
     await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(Math.floor(bytes / 1024)))
     return undefined
   } catch (err) {
